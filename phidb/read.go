@@ -1,0 +1,232 @@
+package phidb
+
+import (
+	"context"
+	"encoding/hex"
+	"fmt"
+	"reflect"
+	"strings"
+	"sync"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgtype"
+
+	"github.com/phidb/phidb/codec"
+)
+
+// Get runs sql and returns its first row as a T, decrypting the fields
+// tagged encrypt. Without a row it returns an error matching pgx.ErrNoRows.
+// Columns map to fields by pgx's rules (db tag, else the field name,
+// case-insensitively); a column without a field is an error, a field without
+// a column keeps its zero value. A result with encrypted columns must
+// include the primary-key column: ciphertexts are bound to it.
+func Get[T any](ctx context.Context, q Querier, sql string, args ...any) (T, error) {
+	var zero T
+	out, err := query[T](ctx, q, 1, sql, args)
+	if err != nil {
+		return zero, err
+	}
+	if len(out) == 0 {
+		return zero, fmt.Errorf("phidb: %w", pgx.ErrNoRows)
+	}
+	return out[0], nil
+}
+
+// Select runs sql and returns every row as a T, decrypting as Get does.
+// Decryption of large results runs on every CPU.
+func Select[T any](ctx context.Context, q Querier, sql string, args ...any) ([]T, error) {
+	return query[T](ctx, q, -1, sql, args)
+}
+
+// readPlan maps the columns of one result shape to a model's fields.
+type readPlan struct {
+	fields []*codec.Field // one per result column
+	enc    []int          // result columns that are encrypted
+	text   []bool         // per result column: text format (simple protocol)
+}
+
+type planKey struct {
+	t    reflect.Type
+	cols string
+}
+
+var plans sync.Map // planKey -> *readPlan
+
+func planFor(s *codec.Schema, fds []pgconn.FieldDescription) (*readPlan, error) {
+	var kb strings.Builder
+	for _, fd := range fds {
+		kb.WriteString(fd.Name)
+		kb.WriteByte(0)
+		if fd.Format == pgx.TextFormatCode {
+			kb.WriteByte('t')
+		}
+		kb.WriteByte(0)
+	}
+	key := planKey{s.Type, kb.String()}
+	if p, ok := plans.Load(key); ok {
+		return p.(*readPlan), nil
+	}
+	p := &readPlan{fields: make([]*codec.Field, len(fds)), text: make([]bool, len(fds))}
+	pkInResult := false
+	for _, f := range s.Fields {
+		i := columnFor(fds, f)
+		if i < 0 {
+			continue
+		}
+		p.fields[i] = f
+		pkInResult = pkInResult || f.PK
+	}
+	for i, fd := range fds {
+		f := p.fields[i]
+		if f == nil {
+			return nil, fmt.Errorf("phidb: column %q of the result has no field in %s", fd.Name, s.Type)
+		}
+		p.text[i] = fd.Format == pgx.TextFormatCode
+		if !f.Encrypt {
+			continue
+		}
+		if fd.DataTypeOID != pgtype.ByteaOID {
+			return nil, fmt.Errorf("phidb: column %q of %s is encrypted, but the result gives it type OID %d, not bytea", fd.Name, s.Table, fd.DataTypeOID)
+		}
+		p.enc = append(p.enc, i)
+	}
+	if len(p.enc) > 0 && !pkInResult {
+		return nil, fmt.Errorf("phidb: the result has encrypted columns of %s but not its primary key %q, which decryption needs: select it too", s.Table, s.PK.Column)
+	}
+	v, _ := plans.LoadOrStore(key, p)
+	return v.(*readPlan), nil
+}
+
+// columnFor finds f's column as pgx does: an explicit db tag matches exactly
+// first, then case-insensitively; a field name matches case-insensitively
+// ignoring underscores.
+func columnFor(fds []pgconn.FieldDescription, f *codec.Field) int {
+	if f.DBTag {
+		for i, fd := range fds {
+			if fd.Name == f.Column {
+				return i
+			}
+		}
+		for i, fd := range fds {
+			if strings.EqualFold(fd.Name, f.Column) {
+				return i
+			}
+		}
+		return -1
+	}
+	name := strings.ReplaceAll(f.Column, "_", "")
+	for i, fd := range fds {
+		if strings.EqualFold(strings.ReplaceAll(fd.Name, "_", ""), name) {
+			return i
+		}
+	}
+	return -1
+}
+
+// span locates one envelope in the arena; n < 0 is SQL NULL.
+type span struct{ off, n int32 }
+
+// query reads up to limit rows (all when limit < 0). Plain columns are
+// scanned by pgx straight into the structs; envelopes are copied into one
+// arena while the rows stream in and opened afterwards, in parallel when
+// there are many.
+func query[T any](ctx context.Context, q Querier, limit int, sql string, args []any) ([]T, error) {
+	s, err := codec.SchemaOf(reflect.TypeFor[T]())
+	if err != nil {
+		return nil, err
+	}
+	rows, err := q.Query(ctx, sql, args...)
+	if err != nil {
+		return nil, fmt.Errorf("phidb: query: %w", err)
+	}
+	defer rows.Close()
+	plan, err := planFor(s, rows.FieldDescriptions())
+	if err != nil {
+		return nil, err
+	}
+	var (
+		out   []T
+		arena []byte
+		spans []span
+		dest  = make([]any, len(plan.fields))
+	)
+	for rows.Next() {
+		if limit >= 0 && len(out) == limit {
+			break
+		}
+		out = append(out, *new(T))
+		root := reflect.ValueOf(&out[len(out)-1]).Elem()
+		for i, f := range plan.fields {
+			if f.Encrypt {
+				dest[i] = nil
+			} else {
+				dest[i] = f.Value(root).Addr().Interface()
+			}
+		}
+		if err := rows.Scan(dest...); err != nil {
+			return nil, fmt.Errorf("phidb: scanning %s: %w", s.Table, err)
+		}
+		raw := rows.RawValues()
+		for _, i := range plan.enc {
+			v := raw[i]
+			if v == nil {
+				spans = append(spans, span{0, -1})
+				continue
+			}
+			off := len(arena)
+			if plan.text[i] {
+				if arena, err = appendHexBytea(arena, v); err != nil {
+					return nil, fmt.Errorf("phidb: column %q of %s: %w", plan.fields[i].Column, s.Table, err)
+				}
+			} else {
+				arena = append(arena, v...)
+			}
+			spans = append(spans, span{int32(off), int32(len(arena) - off)})
+		}
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("phidb: query: %w", err)
+	}
+	if len(plan.enc) == 0 {
+		return out, nil
+	}
+	c := q.engine().codec
+	nenc := len(plan.enc)
+	err = parallel(len(out), func(lo, hi int) error {
+		var pk, buf []byte
+		for r := lo; r < hi; r++ {
+			root := reflect.ValueOf(&out[r]).Elem()
+			pk = s.PKBytes(pk[:0], root)
+			for j, i := range plan.enc {
+				sp := spans[r*nenc+j]
+				var env []byte
+				if sp.n >= 0 {
+					env = arena[sp.off : sp.off+sp.n : sp.off+sp.n]
+				}
+				if err := c.OpenField(s, plan.fields[i], root, pk, env, &buf); err != nil {
+					return err
+				}
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// appendHexBytea decodes bytea's text output (\x followed by hex digits).
+func appendHexBytea(dst, v []byte) ([]byte, error) {
+	if len(v) < 2 || v[0] != '\\' || v[1] != 'x' {
+		return nil, fmt.Errorf("bytea text value is not in hex format")
+	}
+	n := hex.DecodedLen(len(v) - 2)
+	dst = append(dst, make([]byte, n)...)
+	if _, err := hex.Decode(dst[len(dst)-n:], v[2:]); err != nil {
+		return nil, fmt.Errorf("bytea text value is not valid hex")
+	}
+	return dst, nil
+}
