@@ -71,11 +71,11 @@ func (c *Codec) Open(env, aad []byte) ([]byte, error) {
 	if len(env) == 0 || env[0] != Version {
 		return nil, ErrUnknownFormat
 	}
+	if len(env) >= 2 && env[1] != tinkPrefix {
+		return nil, ErrUnknownFormat
+	}
 	if len(env) < Overhead {
 		return nil, ErrTampered
-	}
-	if env[1] != tinkPrefix {
-		return nil, ErrUnknownFormat
 	}
 	if !c.keys.HasDataKey(KeyID(env)) {
 		return nil, ErrUnknownKey

@@ -25,6 +25,8 @@ type tableNamer interface{ TableName() string }
 //	encrypt    seal the field with the data keyset; the column is bytea
 //	hidenull   with encrypt: a nil pointer is stored as an encrypted NULL
 //	           marker, so the column never shows which rows are empty
+//	index=...  with encrypt: a blind index (see package blindindex), e.g.
+//	           index=email_bidx:lower or index=ssn_last4_bidx:digits+last4:bits=16
 type Schema struct {
 	Type  reflect.Type
 	Table string
@@ -47,6 +49,9 @@ type Field struct {
 	Encrypt  bool
 	HideNull bool
 	Nullable bool // the Go type is a pointer: nil is SQL NULL
+	// Indexes holds the blind-index declarations of the field, the text
+	// after each "index=" option, for package blindindex to parse.
+	Indexes []string
 
 	aadPrefix []byte // associated data parts before the primary key
 	vc        valueCodec
@@ -162,7 +167,12 @@ func (s *Schema) parsePHITag(t reflect.Type, f *Field, tag string) error {
 		return nil
 	}
 	for _, opt := range strings.Split(tag, ",") {
-		switch strings.TrimSpace(opt) {
+		opt = strings.TrimSpace(opt)
+		if spec, ok := strings.CutPrefix(opt, "index="); ok {
+			f.Indexes = append(f.Indexes, spec)
+			continue
+		}
+		switch opt {
 		case "pk":
 			f.PK = true
 		case "encrypt":
@@ -178,6 +188,8 @@ func (s *Schema) parsePHITag(t reflect.Type, f *Field, tag string) error {
 		return schemaErr(t, "field %s: the primary key cannot be encrypted: it is what ciphertexts are bound to", f.Name)
 	case f.HideNull && !f.Encrypt:
 		return schemaErr(t, "field %s: hidenull needs encrypt", f.Name)
+	case len(f.Indexes) > 0 && !f.Encrypt:
+		return schemaErr(t, "field %s: a blind index needs encrypt (index a plaintext column with CREATE INDEX)", f.Name)
 	}
 	if f.PK {
 		if s.PK != nil {

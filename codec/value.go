@@ -42,10 +42,12 @@ type valueCodec struct {
 }
 
 func valueCodecFor(t reflect.Type) (valueCodec, error) {
-	switch t {
-	case timeType:
+	switch {
+	case t.Kind() == reflect.Struct && t.ConvertibleTo(timeType):
+		// time.Time and types defined from it (type BirthDate time.Time),
+		// whose unexported fields JSON would silently drop.
 		return valueCodec{TagTime, encodeTime, decodeTime}, nil
-	case uuidType:
+	case t == uuidType:
 		return valueCodec{TagUUID, encodeUUID, decodeUUID}, nil
 	}
 	switch t.Kind() {
@@ -90,7 +92,7 @@ func valueCodecFor(t reflect.Type) (valueCodec, error) {
 }
 
 func encodeTime(dst []byte, v reflect.Value) ([]byte, error) {
-	t := v.Interface().(time.Time)
+	t := v.Convert(timeType).Interface().(time.Time)
 	dst = binary.BigEndian.AppendUint64(dst, uint64(t.Unix()))
 	return binary.BigEndian.AppendUint32(dst, uint32(t.Nanosecond())), nil
 }
@@ -103,7 +105,7 @@ func decodeTime(b []byte, v reflect.Value) error {
 	if ns >= 1e9 {
 		return ErrTypeMismatch
 	}
-	v.Set(reflect.ValueOf(time.Unix(int64(binary.BigEndian.Uint64(b)), int64(ns)).UTC()))
+	v.Set(reflect.ValueOf(time.Unix(int64(binary.BigEndian.Uint64(b)), int64(ns)).UTC()).Convert(v.Type()))
 	return nil
 }
 
@@ -183,7 +185,13 @@ func decodeFloat64(b []byte, v reflect.Value) error {
 }
 
 func encodeJSON(dst []byte, v reflect.Value) ([]byte, error) {
-	b, err := json.Marshal(v.Interface())
+	if !v.CanAddr() {
+		c := reflect.New(v.Type()).Elem()
+		c.Set(v)
+		v = c
+	}
+	// Through a pointer, so MarshalJSON methods with pointer receivers run.
+	b, err := json.Marshal(v.Addr().Interface())
 	if err != nil {
 		// json errors can quote values; report only the type.
 		return nil, ErrUnsupportedType

@@ -5,6 +5,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"reflect"
+	"runtime"
 	"strings"
 	"sync"
 
@@ -124,13 +125,26 @@ func columnFor(fds []pgconn.FieldDescription, f *codec.Field) int {
 	return -1
 }
 
-// span locates one envelope in the arena; n < 0 is SQL NULL.
+// span locates one envelope in its chunk's arena; n < 0 is SQL NULL.
 type span struct{ off, n int32 }
 
+// chunkRows is how many rows are handed to a decrypting worker at once.
+const chunkRows = 256
+
+// chunk is a run of rows read from the server whose envelopes wait in arena
+// to be opened. rows never grows past chunkRows, so workers can write into it
+// while the reader fills the next chunk.
+type chunk[T any] struct {
+	rows  []T
+	arena []byte
+	spans []span // len(plan.enc) per row
+}
+
 // query reads up to limit rows (all when limit < 0). Plain columns are
-// scanned by pgx straight into the structs; envelopes are copied into one
-// arena while the rows stream in and opened afterwards, in parallel when
-// there are many.
+// scanned by pgx straight into the structs; envelopes are copied into the
+// chunk's arena while the rows stream in, and each full chunk is opened by a
+// worker goroutine while the next one is read, so decryption overlaps the
+// network instead of following it.
 func query[T any](ctx context.Context, q Querier, limit int, sql string, args []any) ([]T, error) {
 	s, err := codec.SchemaOf(reflect.TypeFor[T]())
 	if err != nil {
@@ -145,18 +159,21 @@ func query[T any](ctx context.Context, q Querier, limit int, sql string, args []
 	if err != nil {
 		return nil, err
 	}
+	op := opener[T]{c: q.engine().codec, s: s, plan: plan}
+	defer op.stop()
 	var (
-		out   []T
-		arena []byte
-		spans []span
-		dest  = make([]any, len(plan.fields))
+		chunks []*chunk[T]
+		cur    = &chunk[T]{rows: make([]T, 0, min(chunkRows, max(limit, 1)))}
+		dest   = make([]any, len(plan.fields))
+		n      int
 	)
 	for rows.Next() {
-		if limit >= 0 && len(out) == limit {
+		if limit >= 0 && n == limit {
 			break
 		}
-		out = append(out, *new(T))
-		root := reflect.ValueOf(&out[len(out)-1]).Elem()
+		n++
+		cur.rows = append(cur.rows, *new(T))
+		root := reflect.ValueOf(&cur.rows[len(cur.rows)-1]).Elem()
 		for i, f := range plan.fields {
 			if f.Encrypt {
 				dest[i] = nil
@@ -171,51 +188,118 @@ func query[T any](ctx context.Context, q Querier, limit int, sql string, args []
 		for _, i := range plan.enc {
 			v := raw[i]
 			if v == nil {
-				spans = append(spans, span{0, -1})
+				cur.spans = append(cur.spans, span{0, -1})
 				continue
 			}
-			off := len(arena)
+			off := len(cur.arena)
 			if plan.text[i] {
-				if arena, err = appendHexBytea(arena, v); err != nil {
+				if cur.arena, err = appendHexBytea(cur.arena, v); err != nil {
 					return nil, fmt.Errorf("phidb: column %q of %s: %w", plan.fields[i].Column, s.Table, err)
 				}
 			} else {
-				arena = append(arena, v...)
+				cur.arena = append(cur.arena, v...)
 			}
-			spans = append(spans, span{int32(off), int32(len(arena) - off)})
+			cur.spans = append(cur.spans, span{int32(off), int32(len(cur.arena) - off)})
+		}
+		if len(cur.rows) == chunkRows {
+			chunks = append(chunks, cur)
+			op.submit(cur)
+			cur = &chunk[T]{rows: make([]T, 0, chunkRows), arena: make([]byte, 0, len(cur.arena)), spans: make([]span, 0, len(cur.spans))}
 		}
 	}
 	rows.Close()
 	if err := rows.Err(); err != nil {
 		return nil, fmt.Errorf("phidb: query: %w", err)
 	}
-	if len(plan.enc) == 0 {
-		return out, nil
-	}
-	c := q.engine().codec
-	nenc := len(plan.enc)
-	err = parallel(len(out), func(lo, hi int) error {
-		var pk, buf []byte
-		for r := lo; r < hi; r++ {
-			root := reflect.ValueOf(&out[r]).Elem()
-			pk = s.PKBytes(pk[:0], root)
-			for j, i := range plan.enc {
-				sp := spans[r*nenc+j]
-				var env []byte
-				if sp.n >= 0 {
-					env = arena[sp.off : sp.off+sp.n : sp.off+sp.n]
-				}
-				if err := c.OpenField(s, plan.fields[i], root, pk, env, &buf); err != nil {
-					return err
-				}
-			}
-		}
-		return nil
-	})
-	if err != nil {
+	if err := op.open(cur); err != nil { // the last, partial chunk, here
 		return nil, err
 	}
-	return out, nil
+	if err := op.wait(); err != nil {
+		return nil, err
+	}
+	if len(chunks) == 0 {
+		return cur.rows, nil
+	}
+	out := make([]T, 0, n)
+	for _, c := range chunks {
+		out = append(out, c.rows...)
+	}
+	return append(out, cur.rows...), nil
+}
+
+// opener opens the envelopes of chunks, on worker goroutines started with
+// the first full chunk.
+type opener[T any] struct {
+	c    *codec.Codec
+	s    *codec.Schema
+	plan *readPlan
+	work chan *chunk[T]
+	wg   sync.WaitGroup
+	mu   sync.Mutex
+	err  error
+}
+
+func (o *opener[T]) submit(c *chunk[T]) {
+	if len(o.plan.enc) == 0 {
+		return
+	}
+	if o.work == nil {
+		o.work = make(chan *chunk[T], 64)
+		for range max(runtime.GOMAXPROCS(0), 1) {
+			o.wg.Add(1)
+			go func() {
+				defer o.wg.Done()
+				for c := range o.work {
+					if err := o.open(c); err != nil {
+						o.mu.Lock()
+						if o.err == nil {
+							o.err = err
+						}
+						o.mu.Unlock()
+					}
+				}
+			}()
+		}
+	}
+	o.work <- c
+}
+
+// stop ends the workers; it is safe to call more than once.
+func (o *opener[T]) stop() {
+	if o.work != nil {
+		close(o.work)
+		o.wg.Wait()
+		o.work = nil
+	}
+}
+
+// wait stops the workers and returns the first error any of them met.
+func (o *opener[T]) wait() error {
+	o.stop()
+	return o.err
+}
+
+func (o *opener[T]) open(c *chunk[T]) error {
+	nenc := len(o.plan.enc)
+	if nenc == 0 {
+		return nil
+	}
+	var pk, buf []byte
+	for r := range c.rows {
+		root := reflect.ValueOf(&c.rows[r]).Elem()
+		pk = o.s.PKBytes(pk[:0], root)
+		for j, i := range o.plan.enc {
+			sp := c.spans[r*nenc+j]
+			var env []byte
+			if sp.n >= 0 {
+				env = c.arena[sp.off : sp.off+sp.n : sp.off+sp.n]
+			}
+			if err := o.c.OpenField(o.s, o.plan.fields[i], root, pk, env, &buf); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
 }
 
 // appendHexBytea decodes bytea's text output (\x followed by hex digits).

@@ -6,8 +6,11 @@ import (
 	"reflect"
 	"runtime"
 	"sync"
+	"sync/atomic"
 
 	"github.com/jackc/pgx/v5"
+
+	"github.com/phidb/phidb/codec"
 )
 
 // Insert writes one model, given by pointer, as one INSERT. Fields tagged
@@ -86,9 +89,10 @@ func Delete[T any](ctx context.Context, q Querier, pk any) error {
 }
 
 // InsertMany writes rows (structs or pointers to structs) in one round trip
-// with COPY. Zero UUID primary keys are set in rows before anything is sent.
-// Encryption runs on every CPU for large slices. It returns the number of
-// rows written.
+// with COPY. Zero UUID primary keys are set in rows. Rows are sealed on every
+// CPU, a chunk at a time, while pgx streams the chunks before them to the
+// server; if any row cannot be sealed, the COPY is aborted and nothing is
+// written. It returns the number of rows written.
 func InsertMany[T any](ctx context.Context, q Querier, rows []T) (int64, error) {
 	if len(rows) == 0 {
 		return 0, nil
@@ -97,13 +101,48 @@ func InsertMany[T any](ctx context.Context, q Querier, rows []T) (int64, error) 
 	if err != nil {
 		return 0, err
 	}
-	c := q.engine().codec
-	n := len(m.columns)
-	values := make([]any, len(rows)*n)
-	out := make([][]any, len(rows))
-	err = parallel(len(rows), func(lo, hi int) error {
+	src := newSealingSource(q.engine().codec, m, rows)
+	defer src.stop()
+	written, err := q.CopyFrom(ctx, m.table, m.columns, src)
+	if serr := src.stop(); serr != nil {
+		return 0, serr
+	}
+	if err != nil {
+		return written, fmt.Errorf("phidb: insert into %s: %w", m.s.Table, err)
+	}
+	return written, nil
+}
+
+// sealingSource is a pgx.CopyFromSource over model rows that seals them in
+// chunks on worker goroutines, ahead of where pgx is reading.
+type sealingSource[T any] struct {
+	rows   []T
+	values [][]any
+	done   []chan struct{} // closed when chunk i is sealed
+	errs   []error         // per chunk
+	next   atomic.Int64    // next chunk for a worker to take
+	quit   atomic.Bool
+	wg     sync.WaitGroup
+	pos    int // row pgx reads next, plus one
+	err    error
+}
+
+func newSealingSource[T any](c *codec.Codec, m *model, rows []T) *sealingSource[T] {
+	nchunks := (len(rows) + chunkRows - 1) / chunkRows
+	s := &sealingSource[T]{
+		rows:   rows,
+		values: make([][]any, len(rows)),
+		done:   make([]chan struct{}, nchunks),
+		errs:   make([]error, nchunks),
+	}
+	for i := range s.done {
+		s.done[i] = make(chan struct{})
+	}
+	flat := make([]any, len(rows)*len(m.columns))
+	seal := func(ci int) error {
 		var pk, buf []byte
-		for i := lo; i < hi; i++ {
+		n := len(m.columns)
+		for i := ci * chunkRows; i < min((ci+1)*chunkRows, len(rows)); i++ {
 			root, err := structRoot(reflect.ValueOf(&rows[i]).Elem())
 			if err != nil {
 				return err
@@ -111,20 +150,64 @@ func InsertMany[T any](ctx context.Context, q Querier, rows []T) (int64, error) 
 			if err := m.fillPK(root); err != nil {
 				return err
 			}
-			if out[i], err = m.rowArgs(c, root, values[i*n:i*n:(i+1)*n], &pk, &buf); err != nil {
+			if s.values[i], err = m.rowArgs(c, root, flat[i*n:i*n:(i+1)*n], &pk, &buf); err != nil {
 				return err
 			}
 		}
 		return nil
-	})
-	if err != nil {
-		return 0, err
 	}
-	written, err := q.CopyFrom(ctx, m.table, m.columns, pgx.CopyFromRows(out))
-	if err != nil {
-		return written, fmt.Errorf("phidb: insert into %s: %w", m.s.Table, err)
+	for range min(max(runtime.GOMAXPROCS(0), 1), nchunks) {
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			for {
+				ci := int(s.next.Add(1) - 1)
+				if ci >= nchunks || s.quit.Load() {
+					return
+				}
+				s.errs[ci] = seal(ci)
+				close(s.done[ci])
+			}
+		}()
 	}
-	return written, nil
+	return s
+}
+
+// Next waits until the row's chunk is sealed.
+func (s *sealingSource[T]) Next() bool {
+	if s.err != nil || s.pos >= len(s.rows) {
+		return false
+	}
+	if s.pos%chunkRows == 0 {
+		ci := s.pos / chunkRows
+		<-s.done[ci]
+		if s.errs[ci] != nil {
+			s.err = s.errs[ci]
+			return false
+		}
+	}
+	s.pos++
+	return true
+}
+
+func (s *sealingSource[T]) Values() ([]any, error) { return s.values[s.pos-1], nil }
+
+func (s *sealingSource[T]) Err() error { return s.err }
+
+// stop waits for the workers (telling them to give up if pgx stopped early)
+// and returns the first sealing error.
+func (s *sealingSource[T]) stop() error {
+	s.quit.Store(true)
+	s.wg.Wait()
+	if s.err != nil {
+		return s.err
+	}
+	for i, err := range s.errs {
+		if err != nil && i*chunkRows < s.pos {
+			return err
+		}
+	}
+	return nil
 }
 
 // writable returns the model and struct of a value passed to a write.
@@ -146,38 +229,4 @@ func writable(v any) (*model, reflect.Value, error) {
 	}
 	m, err := modelFor(root.Type())
 	return m, root, err
-}
-
-// minParallel is the number of items below which splitting work across
-// goroutines costs more than it saves.
-const minParallel = 256
-
-// parallel calls fn over [0, n) in contiguous chunks, one per CPU when n is
-// large, and returns the first error.
-func parallel(n int, fn func(lo, hi int) error) error {
-	workers := runtime.GOMAXPROCS(0)
-	if n < minParallel || workers < 2 {
-		return fn(0, n)
-	}
-	if workers > n/(minParallel/2) {
-		workers = n / (minParallel / 2)
-	}
-	chunk := (n + workers - 1) / workers
-	errs := make([]error, workers)
-	var wg sync.WaitGroup
-	for w := 0; w < workers; w++ {
-		lo, hi := w*chunk, min((w+1)*chunk, n)
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			errs[w] = fn(lo, hi)
-		}()
-	}
-	wg.Wait()
-	for _, err := range errs {
-		if err != nil {
-			return err
-		}
-	}
-	return nil
 }
