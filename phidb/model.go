@@ -16,7 +16,8 @@ import (
 type model struct {
 	s         *codec.Schema
 	table     pgx.Identifier
-	columns   []string // in s.Fields order
+	columns   []string // s.Fields in order, then the index columns
+	indexes   []*modelIndex
 	insertSQL string
 	updateSQL string // SET every non-pk column, WHERE pk = last argument
 	deleteSQL string
@@ -44,14 +45,22 @@ func modelFor(t reflect.Type) (*model, error) {
 		return nil, fmt.Errorf("%w: %s: needs a field tagged phi:\"pk\" to be written", codec.ErrSchema, t)
 	}
 	m := &model{s: s, table: pgx.Identifier(strings.Split(s.Table, ".")), uuidPK: s.PK.Type == uuidType}
-	quoted := make([]string, len(s.Fields))
-	params := make([]string, len(s.Fields))
-	var set []string
-	for i, f := range s.Fields {
+	if m.indexes, err = modelIndexes(s); err != nil {
+		return nil, err
+	}
+	for _, f := range s.Fields {
 		m.columns = append(m.columns, f.Column)
-		quoted[i] = pgx.Identifier{f.Column}.Sanitize()
+	}
+	for _, ix := range m.indexes {
+		m.columns = append(m.columns, ix.spec.Name)
+	}
+	quoted := make([]string, len(m.columns))
+	params := make([]string, len(m.columns))
+	var set []string
+	for i, col := range m.columns {
+		quoted[i] = pgx.Identifier{col}.Sanitize()
 		params[i] = fmt.Sprintf("$%d", i+1)
-		if !f.PK {
+		if i >= len(s.Fields) || !s.Fields[i].PK {
 			set = append(set, fmt.Sprintf("%s = $%d", quoted[i], len(set)+1))
 		}
 	}
@@ -97,10 +106,11 @@ func (m *model) fillPK(root reflect.Value) error {
 	return nil
 }
 
-// rowArgs appends to dst one value per field in s.Fields order, encrypted
-// fields sealed. A tagged field that cannot be sealed is an error: nothing is
-// ever sent for it in plaintext.
-func (m *model) rowArgs(c *codec.Codec, root reflect.Value, dst []any, pk, buf *[]byte) ([]any, error) {
+// rowArgs appends to dst one value per column of m.columns: fields, with
+// encrypted ones sealed, then blind-index values. A tagged field that cannot
+// be sealed is an error: nothing is ever sent for it in plaintext.
+func (m *model) rowArgs(e *engine, root reflect.Value, dst []any, pk, buf *[]byte) ([]any, error) {
+	c := e.codec
 	*pk = m.s.PKBytes((*pk)[:0], root)
 	for _, f := range m.s.Fields {
 		if !f.Encrypt {
@@ -124,5 +134,23 @@ func (m *model) rowArgs(c *codec.Codec, root reflect.Value, dst []any, pk, buf *
 			dst = append(dst, env)
 		}
 	}
+	for _, mi := range m.indexes {
+		v, err := e.indexValue(m, mi, root)
+		if err != nil {
+			return nil, err
+		}
+		dst = append(dst, v)
+	}
 	return dst, nil
+}
+
+// isIndexColumn reports whether col is one of the model's blind-index
+// columns, which results may carry but structs do not hold.
+func (m *model) isIndexColumn(col string) bool {
+	for _, mi := range m.indexes {
+		if strings.EqualFold(mi.spec.Name, col) {
+			return true
+		}
+	}
+	return false
 }

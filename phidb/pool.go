@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -28,8 +29,9 @@ type Config struct {
 
 // engine is what every phidb handle (pool, conn, tx) shares.
 type engine struct {
-	codec *codec.Codec
-	cfg   Config
+	codec   *codec.Codec
+	cfg     Config
+	indexes sync.Map // *modelIndex -> *blindindex.Index
 }
 
 // Pool is a TLS-only pgx connection pool that encrypts and decrypts the PHI

@@ -54,7 +54,7 @@ type planKey struct {
 
 var plans sync.Map // planKey -> *readPlan
 
-func planFor(s *codec.Schema, fds []pgconn.FieldDescription) (*readPlan, error) {
+func planFor(s *codec.Schema, m *model, fds []pgconn.FieldDescription) (*readPlan, error) {
 	var kb strings.Builder
 	for _, fd := range fds {
 		kb.WriteString(fd.Name)
@@ -80,6 +80,9 @@ func planFor(s *codec.Schema, fds []pgconn.FieldDescription) (*readPlan, error) 
 	}
 	for i, fd := range fds {
 		f := p.fields[i]
+		if f == nil && m != nil && m.isIndexColumn(fd.Name) {
+			continue // a blind-index column: nothing to read
+		}
 		if f == nil {
 			return nil, fmt.Errorf("phidb: column %q of the result has no field in %s", fd.Name, s.Type)
 		}
@@ -150,12 +153,25 @@ func query[T any](ctx context.Context, q Querier, limit int, sql string, args []
 	if err != nil {
 		return nil, err
 	}
+	var m *model
+	if s.Table != "" && s.PK != nil {
+		if m, err = modelFor(s.Type); err != nil {
+			return nil, err
+		}
+	}
+	args, matches, err := resolveMatches(q.engine(), m, args)
+	if err != nil {
+		return nil, err
+	}
+	if len(matches) > 0 {
+		limit = -1 // false positives are dropped after decryption
+	}
 	rows, err := q.Query(ctx, sql, args...)
 	if err != nil {
 		return nil, fmt.Errorf("phidb: query: %w", err)
 	}
 	defer rows.Close()
-	plan, err := planFor(s, rows.FieldDescriptions())
+	plan, err := planFor(s, m, rows.FieldDescriptions())
 	if err != nil {
 		return nil, err
 	}
@@ -175,7 +191,7 @@ func query[T any](ctx context.Context, q Querier, limit int, sql string, args []
 		cur.rows = append(cur.rows, *new(T))
 		root := reflect.ValueOf(&cur.rows[len(cur.rows)-1]).Elem()
 		for i, f := range plan.fields {
-			if f.Encrypt {
+			if f == nil || f.Encrypt {
 				dest[i] = nil
 			} else {
 				dest[i] = f.Value(root).Addr().Interface()
@@ -217,14 +233,27 @@ func query[T any](ctx context.Context, q Querier, limit int, sql string, args []
 	if err := op.wait(); err != nil {
 		return nil, err
 	}
+	var out []T
 	if len(chunks) == 0 {
-		return cur.rows, nil
+		out = cur.rows
+	} else {
+		out = make([]T, 0, n)
+		for _, c := range chunks {
+			out = append(out, c.rows...)
+		}
+		out = append(out, cur.rows...)
 	}
-	out := make([]T, 0, n)
-	for _, c := range chunks {
-		out = append(out, c.rows...)
+	if len(matches) > 0 {
+		kept := out[:0]
+		for i := range out {
+			if keep(matches, reflect.ValueOf(&out[i]).Elem()) {
+				kept = append(kept, out[i])
+			}
+		}
+		clear(out[len(kept):]) // no dropped row's plaintext lingers in the backing array
+		out = kept
 	}
-	return append(out, cur.rows...), nil
+	return out, nil
 }
 
 // opener opens the envelopes of chunks, on worker goroutines started with

@@ -9,8 +9,6 @@ import (
 	"sync/atomic"
 
 	"github.com/jackc/pgx/v5"
-
-	"github.com/phidb/phidb/codec"
 )
 
 // Insert writes one model, given by pointer, as one INSERT. Fields tagged
@@ -28,7 +26,7 @@ func Insert(ctx context.Context, q Querier, v any) error {
 		return err
 	}
 	var pk, buf []byte
-	args, err := m.rowArgs(q.engine().codec, root, make([]any, 0, len(m.columns)), &pk, &buf)
+	args, err := m.rowArgs(q.engine(), root, make([]any, 0, len(m.columns)), &pk, &buf)
 	if err != nil {
 		return err
 	}
@@ -47,18 +45,18 @@ func Update(ctx context.Context, q Querier, v any) error {
 		return err
 	}
 	var pk, buf []byte
-	args, err := m.rowArgs(q.engine().codec, root, make([]any, 0, len(m.columns)), &pk, &buf)
+	args, err := m.rowArgs(q.engine(), root, make([]any, 0, len(m.columns)), &pk, &buf)
 	if err != nil {
 		return err
 	}
 	// rowArgs follows field order; UPDATE wants the key last.
 	set := args[:0:0]
 	var key any
-	for i, f := range m.s.Fields {
-		if f.PK {
-			key = args[i]
+	for i, a := range args {
+		if i < len(m.s.Fields) && m.s.Fields[i].PK {
+			key = a
 		} else {
-			set = append(set, args[i])
+			set = append(set, a)
 		}
 	}
 	tag, err := q.Exec(ctx, m.updateSQL, append(set, key)...)
@@ -101,7 +99,7 @@ func InsertMany[T any](ctx context.Context, q Querier, rows []T) (int64, error) 
 	if err != nil {
 		return 0, err
 	}
-	src := newSealingSource(q.engine().codec, m, rows)
+	src := newSealingSource(q.engine(), m, rows)
 	defer src.stop()
 	written, err := q.CopyFrom(ctx, m.table, m.columns, src)
 	if serr := src.stop(); serr != nil {
@@ -127,7 +125,7 @@ type sealingSource[T any] struct {
 	err    error
 }
 
-func newSealingSource[T any](c *codec.Codec, m *model, rows []T) *sealingSource[T] {
+func newSealingSource[T any](e *engine, m *model, rows []T) *sealingSource[T] {
 	nchunks := (len(rows) + chunkRows - 1) / chunkRows
 	s := &sealingSource[T]{
 		rows:   rows,
@@ -150,7 +148,7 @@ func newSealingSource[T any](c *codec.Codec, m *model, rows []T) *sealingSource[
 			if err := m.fillPK(root); err != nil {
 				return err
 			}
-			if s.values[i], err = m.rowArgs(c, root, flat[i*n:i*n:(i+1)*n], &pk, &buf); err != nil {
+			if s.values[i], err = m.rowArgs(e, root, flat[i*n:i*n:(i+1)*n], &pk, &buf); err != nil {
 				return err
 			}
 		}
