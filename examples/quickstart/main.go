@@ -29,6 +29,7 @@ import (
 type Patient struct {
 	ID    uuid.UUID `db:"id"    phi:"pk"`
 	Name  string    `db:"name"  phi:"encrypt"`
+	Email string    `db:"email" phi:"encrypt,index=email_bidx:trim+lower:bits=16"`
 	DOB   time.Time `db:"dob"   phi:"encrypt"`
 	Notes *string   `db:"notes" phi:"encrypt"`
 	Ward  string    `db:"ward"`
@@ -73,15 +74,19 @@ func run(ctx context.Context) error {
 	fmt.Printf("Connected over %s, certificate verified.\n\n", tlsVersion)
 
 	if _, err := db.Exec(ctx, `CREATE TABLE IF NOT EXISTS patients (
-		id uuid PRIMARY KEY, name bytea NOT NULL, dob bytea NOT NULL, notes bytea, ward text NOT NULL)`); err != nil {
+		id uuid PRIMARY KEY, name bytea NOT NULL, email bytea NOT NULL, dob bytea NOT NULL, notes bytea,
+		ward text NOT NULL, email_bidx bigint)`); err != nil {
+		return err
+	}
+	if _, err := db.Exec(ctx, `CREATE INDEX IF NOT EXISTS patients_email_bidx ON patients (email_bidx)`); err != nil {
 		return err
 	}
 
 	notes := "Allergic to penicillin"
 	patients := []Patient{
-		{Name: "Ada Lovelace", DOB: time.Date(1815, 12, 10, 0, 0, 0, 0, time.UTC), Notes: &notes, Ward: "B2"},
-		{Name: "Mary Seacole", DOB: time.Date(1805, 11, 23, 0, 0, 0, 0, time.UTC), Ward: "A1"},
-		{Name: "Florence Nightingale", DOB: time.Date(1820, 5, 12, 0, 0, 0, 0, time.UTC), Ward: "A1"},
+		{Name: "Ada Lovelace", Email: "ada@analytical.example", DOB: time.Date(1815, 12, 10, 0, 0, 0, 0, time.UTC), Notes: &notes, Ward: "B2"},
+		{Name: "Mary Seacole", Email: "mary@crimea.example", DOB: time.Date(1805, 11, 23, 0, 0, 0, 0, time.UTC), Ward: "A1"},
+		{Name: "Florence Nightingale", Email: "florence@scutari.example", DOB: time.Date(1820, 5, 12, 0, 0, 0, 0, time.UTC), Ward: "A1"},
 	}
 	if _, err := phidb.InsertMany(ctx, db, patients); err != nil {
 		return err
@@ -119,6 +124,15 @@ func run(ctx context.Context) error {
 		}
 		fmt.Printf("  %s  name bytea %s...\n", p.ID, hex.EncodeToString(raw[p.ID][:24]))
 		fmt.Printf("  %38s decrypted: %-21s born %s  ward %s  notes: %s\n", "", p.Name, p.DOB.Format("2006-01-02"), p.Ward, n)
+	}
+
+	fmt.Println("\nFinding a patient by email through the blind index email_bidx (16 bits of a keyed HMAC):")
+	found, err := phidb.Lookup[Patient](ctx, db, "Email", "  Mary@Crimea.example ")
+	if err != nil {
+		return err
+	}
+	for _, p := range found {
+		fmt.Printf("  Lookup(Email = \"  Mary@Crimea.example \") -> %s, %s, ward %s\n", p.ID, p.Name, p.Ward)
 	}
 
 	fmt.Println("\nA plaintext connection is refused before anything is sent:")
