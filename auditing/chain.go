@@ -1,0 +1,283 @@
+package auditing
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/tink-crypto/tink-go/v2/tink"
+)
+
+// Checkpoint is the head of a stream: its last sequence number, the hash of
+// that event and the event's time. Checkpoints written to a second sink let
+// [Verify] detect a stream whose tail was cut off (see [Chain.SetCheckpointFunc]).
+type Checkpoint struct {
+	Stream string
+	Seq    uint64 // 0 for a stream without events
+	Hash   []byte
+	Time   time.Time
+}
+
+// Chain seals the events of one stream into a hash chain:
+//
+//	hash_n = MAC(audit key, hash_{n-1} || Canonical(event_n))
+//
+// with an empty hash_0, so that changing, removing, inserting or reordering
+// stored events is detected by [Verify]. The MAC is the keyring's audit MAC
+// (keys.Keyring.AuditMAC): a 37-byte Tink tag naming the key that made it,
+// so the audit key can be rotated without breaking the chain.
+//
+// A stream must have exactly one Chain writing it at a time, across all
+// processes: give every writer (for example every pool of every process) its
+// own stream name, or resume a stream with [ResumeChain] only after its
+// previous writer stopped. A Chain is safe for concurrent use.
+type Chain struct {
+	mu     sync.Mutex // held while sealing and writing, so stored order is sequence order
+	stream string
+	mac    tink.MAC
+	seq    uint64
+	head   []byte
+	time   time.Time
+	buf    []byte // canonical encoding buffer, reused
+
+	headMu  sync.Mutex // guards snap, so Head does not wait for writes
+	snap    Checkpoint
+	cpEvery uint64           // guarded by mu
+	cpFn    func(Checkpoint) // guarded by mu
+
+	cpMu      sync.Mutex // guards the fields below; never held while calling a checkpoint func
+	cpPending *pendingCheckpoint
+	cpLast    uint64 // seq of the newest checkpoint handed over for delivery
+	cpRunning bool   // a goroutine is delivering checkpoints
+}
+
+type pendingCheckpoint struct {
+	cp Checkpoint
+	fn func(Checkpoint)
+}
+
+// NewChain returns a chain for a fresh stream: its first event gets Seq 1
+// and an empty PrevHash.
+func NewChain(stream string, mac tink.MAC) *Chain {
+	return ResumeChain(stream, mac, 0, nil)
+}
+
+// ResumeChain returns a chain that continues a stream whose last stored
+// event has sequence number lastSeq and hash lastHash, typically as returned
+// by [LastPostgres] when a process restarts. lastSeq 0 is a fresh stream.
+//
+// Resuming from a store whose tail was cut off continues the chain from the
+// shortened head, and the cut is then invisible to [Verify] unless it is
+// given a checkpoint written elsewhere before the cut.
+func ResumeChain(stream string, mac tink.MAC, lastSeq uint64, lastHash []byte) *Chain {
+	if !clean(stream) {
+		stream = cleanString(stream)
+	}
+	c := &Chain{stream: stream, mac: mac}
+	c.reset(lastSeq, lastHash)
+	return c
+}
+
+// Reset moves the chain's head to lastSeq and lastHash, as [ResumeChain]
+// does for a new chain. Use it after a write whose outcome is unknown (for
+// example the connection broke during COMMIT): Append then assumes the write
+// failed, and if it did not, the next write of the same sequence numbers
+// fails with [ErrConflict]; reset the head from [LastPostgres] to recover.
+func (c *Chain) Reset(lastSeq uint64, lastHash []byte) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.reset(lastSeq, lastHash)
+}
+
+func (c *Chain) reset(lastSeq uint64, lastHash []byte) {
+	c.seq = lastSeq
+	c.head = slices.Clone(lastHash)
+	c.time = time.Time{}
+	c.publish()
+}
+
+// publish updates the snapshot returned by Head. c.mu must be held.
+func (c *Chain) publish() {
+	c.headMu.Lock()
+	c.snap = Checkpoint{Stream: c.stream, Seq: c.seq, Hash: c.head, Time: c.time}
+	c.headMu.Unlock()
+}
+
+// Stream returns the chain's stream name.
+func (c *Chain) Stream() string { return c.stream }
+
+// Head returns the chain's current head: the sequence number and hash of the
+// last event successfully written. It does not wait for a write in progress.
+func (c *Chain) Head() Checkpoint {
+	c.headMu.Lock()
+	defer c.headMu.Unlock()
+	cp := c.snap
+	cp.Hash = slices.Clone(cp.Hash)
+	return cp
+}
+
+// SetCheckpointFunc makes the chain call fn with its head after a
+// successful Append whenever the sequence number passes a multiple of every
+// (so at most once per Append, with the head at the end of that Append).
+//
+// fn is called without any of the chain's locks held, by the Append that
+// made the checkpoint, and one call at a time in increasing sequence order.
+// While fn runs, other Appends go on; if they make newer checkpoints
+// meanwhile, only the newest is delivered next (it covers the skipped ones,
+// since its hash binds every earlier event), by the goroutine already
+// delivering. So a slow fn delays only the Append that calls it.
+//
+// Write the checkpoints somewhere the audit table's writers cannot alter
+// (another database, a log service, a WORM bucket) and pass them to
+// [Verify] to detect a stream whose tail was cut off. every 0 or a nil fn
+// disables checkpoints.
+func (c *Chain) SetCheckpointFunc(every uint64, fn func(Checkpoint)) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.cpEvery, c.cpFn = every, fn
+	if every == 0 {
+		c.cpFn = nil
+	}
+}
+
+// Append seals events in order and hands them to write, while holding the
+// chain's lock so that events are stored in sequence order. For each event
+// it fills a zero ID (UUIDv7) and a zero Time (now), normalises Time to UTC
+// microseconds, and sets Stream, Seq, PrevHash and Hash. The events are
+// modified in place and passed to write as the same slice; write must not
+// keep the slice after it returns if the caller reuses it (copy it, as
+// [Async] does).
+//
+// If write returns an error (or the MAC fails), the chain's head is restored
+// as it was, so the next Append reuses the same sequence numbers and leaves
+// no gap; the events' Seq, PrevHash and Hash are cleared and the error is
+// returned. A nil write only seals the events. Append with no events does
+// nothing.
+//
+// write runs under the chain's lock: it must not call Append on the same
+// chain, and it should be quick (one INSERT). To write audit events in the
+// caller's transaction, commit inside write (see [PostgresSink.WriteIn]).
+func (c *Chain) Append(ctx context.Context, events []Event, write func(ctx context.Context, sealed []Event) error) error {
+	if len(events) == 0 {
+		return nil
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	prepare(events)
+
+	c.mu.Lock()
+	seq0, head0, time0 := c.seq, c.head, c.time
+	if err := c.seal(events); err != nil {
+		c.restore(events, seq0, head0, time0)
+		c.mu.Unlock()
+		return err
+	}
+	if write != nil {
+		if err := c.callWrite(ctx, write, events, seq0, head0, time0); err != nil {
+			c.mu.Unlock()
+			return err
+		}
+	}
+	c.publish()
+	deliver := false
+	if c.cpFn != nil && c.seq/c.cpEvery > seq0/c.cpEvery {
+		deliver = c.offerCheckpoint(Checkpoint{Stream: c.stream, Seq: c.seq, Hash: slices.Clone(c.head), Time: c.time}, c.cpFn)
+	}
+	c.mu.Unlock()
+	if deliver {
+		c.deliverCheckpoints()
+	}
+	return nil
+}
+
+// offerCheckpoint queues cp for delivery, replacing an older one not yet
+// delivered (cp covers it: its hash binds all earlier events). It reports
+// whether the caller must deliver, because nobody else is. c.mu is held, so
+// checkpoints are offered in sequence order.
+func (c *Chain) offerCheckpoint(cp Checkpoint, fn func(Checkpoint)) bool {
+	c.cpMu.Lock()
+	defer c.cpMu.Unlock()
+	if cp.Seq <= c.cpLast {
+		return false
+	}
+	c.cpLast = cp.Seq
+	c.cpPending = &pendingCheckpoint{cp: cp, fn: fn}
+	if c.cpRunning {
+		return false
+	}
+	c.cpRunning = true
+	return true
+}
+
+// deliverCheckpoints calls the checkpoint func with pending checkpoints
+// until there are none, without holding any lock during the calls.
+func (c *Chain) deliverCheckpoints() {
+	done := false
+	defer func() {
+		if !done { // the func panicked: let the next checkpoint be delivered
+			c.cpMu.Lock()
+			c.cpRunning = false
+			c.cpMu.Unlock()
+		}
+	}()
+	for {
+		c.cpMu.Lock()
+		p := c.cpPending
+		c.cpPending = nil
+		if p == nil {
+			c.cpRunning = false
+			c.cpMu.Unlock()
+			done = true
+			return
+		}
+		c.cpMu.Unlock()
+		p.fn(p.cp)
+	}
+}
+
+// callWrite calls write and restores the head if it fails. If write
+// panics, the head is restored and c.mu released before the panic goes on.
+func (c *Chain) callWrite(ctx context.Context, write func(context.Context, []Event) error, events []Event, seq0 uint64, head0 []byte, time0 time.Time) (err error) {
+	ok := false
+	defer func() {
+		if !ok {
+			c.restore(events, seq0, head0, time0)
+			c.mu.Unlock()
+		}
+	}()
+	err = write(ctx, events)
+	ok = true
+	if err != nil {
+		c.restore(events, seq0, head0, time0)
+	}
+	return err
+}
+
+// seal assigns stream, sequence numbers and hashes. c.mu must be held.
+func (c *Chain) seal(events []Event) error {
+	for i := range events {
+		e := &events[i]
+		e.Stream = c.stream
+		e.Seq = c.seq + 1
+		e.PrevHash = c.head
+		c.buf = e.Canonical(append(c.buf[:0], c.head...))
+		h, err := c.mac.ComputeMAC(c.buf)
+		if err != nil {
+			return fmt.Errorf("auditing: computing the MAC of stream %q seq %d: %w", c.stream, e.Seq, err)
+		}
+		e.Hash = h
+		c.seq, c.head, c.time = e.Seq, h, e.Time
+	}
+	return nil
+}
+
+// restore puts the head back and unseals the events. c.mu must be held.
+func (c *Chain) restore(events []Event, seq uint64, head []byte, t time.Time) {
+	c.seq, c.head, c.time = seq, head, t
+	for i := range events {
+		events[i].Seq, events[i].PrevHash, events[i].Hash = 0, nil, nil
+	}
+}
