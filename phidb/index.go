@@ -12,6 +12,7 @@ import (
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 
+	"github.com/phidb/phidb/auditing"
 	"github.com/phidb/phidb/blindindex"
 	"github.com/phidb/phidb/codec"
 )
@@ -374,6 +375,13 @@ func Reindex[T any](ctx context.Context, q Querier, opts ReindexOptions) (Reinde
 	}
 	upd := fmt.Sprintf("UPDATE %s SET %s WHERE %s = $%d", m.table.Sanitize(), strings.Join(set, ", "), pk, len(m.indexes)+1)
 	e := q.engine()
+	if ctx, err = e.actor(ctx, auditing.ActionUpdate, m.s.Table); err != nil {
+		return res, err
+	}
+	indexColumns := make([]string, len(m.indexes))
+	for i, mi := range m.indexes {
+		indexColumns[i] = mi.spec.Name
+	}
 	after := opts.After
 	for opts.Limit == 0 || res.Rows < opts.Limit {
 		n := opts.BatchSize
@@ -405,8 +413,20 @@ func Reindex[T any](ctx context.Context, q Querier, opts ReindexOptions) (Reinde
 			after = m.s.PK.Value(root).Interface()
 			b.Queue(upd, append(args, after)...)
 		}
-		if err := q.SendBatch(ctx, b).Close(); err != nil {
-			return res, fmt.Errorf("phidb: reindex %s: %w", m.s.Table, err)
+		pks := make([]string, len(rows))
+		for i := range rows {
+			pks[i] = m.s.PKString(reflect.ValueOf(&rows[i]).Elem())
+		}
+		err = audited(ctx, q, auditing.ActionUpdate, m.s.Table, func(q Querier) error {
+			if err := q.SendBatch(ctx, b).Close(); err != nil {
+				return fmt.Errorf("phidb: reindex %s: %w", m.s.Table, err)
+			}
+			return nil
+		}, func() []auditing.Event {
+			return auditing.NewEvents(ctx, auditing.ActionUpdate, m.s.Table, indexColumns, pks...)
+		})
+		if err != nil {
+			return res, err
 		}
 		res.Rows += len(rows)
 		res.Last = after

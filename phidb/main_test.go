@@ -7,6 +7,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/phidb/phidb/auditing"
 	"github.com/phidb/phidb/internal/pgtest"
 	"github.com/phidb/phidb/keys"
 	"github.com/phidb/phidb/phidb"
@@ -26,7 +27,7 @@ func newPool(t testing.TB, ddl ...string) (*phidb.Pool, string) {
 func newPoolWithKeys(t testing.TB, kr *keys.Keyring, ddl ...string) (*phidb.Pool, string) {
 	t.Helper()
 	cs := pgtest.NewDatabase(t)
-	db, err := phidb.New(context.Background(), cs, phidb.Config{Keys: kr})
+	db, err := phidb.New(context.Background(), cs, phidb.Config{Keys: kr, SystemActor: &auditing.Actor{ID: "phidb-tests", Role: "system"}})
 	require.NoError(t, err)
 	t.Cleanup(db.Close)
 	for _, q := range ddl {

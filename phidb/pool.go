@@ -6,10 +6,12 @@ import (
 	"fmt"
 	"sync"
 
+	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/phidb/phidb/auditing"
 	"github.com/phidb/phidb/codec"
 	"github.com/phidb/phidb/keys"
 )
@@ -25,6 +27,28 @@ type Config struct {
 	// encrypted, but anyone on the network path can impersonate the server.
 	// Leave it false outside throwaway test setups.
 	InsecureAllowUnverifiedTLS bool
+
+	// SystemActor is the actor of operations whose context names none, for
+	// background jobs. Nil means such operations fail with ErrNoActor.
+	SystemActor *auditing.Actor
+
+	// AuditPostgres records one event per row read or written in the table
+	// phidb_audit (create it with auditing.Init or `phidb audit init`) of
+	// the pool's own database. Events of writes go in the same transaction
+	// as the data change; events of reads are stored before the rows are
+	// returned, and if they cannot be, the read fails.
+	AuditPostgres bool
+	// AuditSink receives the same events (JSON lines, log/slog, fan-out,
+	// or auditing.NewAsync for opt-in asynchronous delivery).
+	AuditSink auditing.Sink
+	// AuditStream names the pool's hash-chained stream; empty means a new
+	// UUIDv7. One writer per stream: never share a name between pools.
+	AuditStream string
+	// OnCheckpoint, if set, receives the chain head (stream, sequence
+	// number, hash) every CheckpointEvery events (default 1000): store it
+	// where the database's users cannot reach, so a truncated tail shows.
+	OnCheckpoint    func(auditing.Checkpoint)
+	CheckpointEvery uint64
 }
 
 // engine is what every phidb handle (pool, conn, tx) shares.
@@ -32,6 +56,7 @@ type engine struct {
 	codec   *codec.Codec
 	cfg     Config
 	indexes sync.Map // *modelIndex -> *blindindex.Index
+	audit   *auditor // nil: auditing is off
 }
 
 // Pool is a TLS-only pgx connection pool that encrypts and decrypts the PHI
@@ -68,7 +93,31 @@ func NewWithConfig(ctx context.Context, pc *pgxpool.Config, cfg Config) (*Pool, 
 	if err != nil {
 		return nil, fmt.Errorf("phidb: %w", err)
 	}
-	return &Pool{pool: p, eng: &engine{codec: codec.New(cfg.Keys), cfg: cfg}}, nil
+	eng := &engine{codec: codec.New(cfg.Keys), cfg: cfg}
+	if cfg.AuditPostgres || cfg.AuditSink != nil {
+		stream := cfg.AuditStream
+		if stream == "" {
+			id, err := uuid.NewV7()
+			if err != nil {
+				p.Close()
+				return nil, fmt.Errorf("phidb: naming the audit stream: %w", err)
+			}
+			stream = id.String()
+		}
+		a := &auditor{chain: auditing.NewChain(stream, cfg.Keys.AuditMAC()), sink: cfg.AuditSink}
+		if cfg.AuditPostgres {
+			a.pg, a.pool = auditing.NewPostgresSink(p), p
+		}
+		if cfg.OnCheckpoint != nil {
+			every := cfg.CheckpointEvery
+			if every == 0 {
+				every = 1000
+			}
+			a.chain.SetCheckpointFunc(every, cfg.OnCheckpoint)
+		}
+		eng.audit = a
+	}
+	return &Pool{pool: p, eng: eng}, nil
 }
 
 // Querier is what the struct operations (Insert, Get, Select, ...) run on:
@@ -124,7 +173,7 @@ func (p *Pool) BeginTx(ctx context.Context, opts pgx.TxOptions) (*Tx, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Tx{tx: tx, eng: p.eng}, nil
+	return &Tx{tx: tx, eng: p.eng, state: &txState{}}, nil
 }
 
 // Acquire takes a connection from the pool; Release it when done.
@@ -193,7 +242,7 @@ func (c *Conn) Begin(ctx context.Context) (*Tx, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Tx{tx: tx, eng: c.eng}, nil
+	return &Tx{tx: tx, eng: c.eng, state: &txState{}}, nil
 }
 
 // Ping checks that the server answers on this connection.
@@ -206,8 +255,13 @@ func (c *Conn) Conn() *pgx.Conn { return c.conn.Conn() }
 // Tx is a transaction whose struct operations encrypt and decrypt like the
 // pool's. It satisfies pgx.Tx.
 type Tx struct {
-	tx  pgx.Tx
-	eng *engine
+	tx    pgx.Tx
+	eng   *engine
+	state *txState // shared with savepoints
+	// savepoint is true for a Tx from Tx.Begin; mark is how many events
+	// were pending when it began.
+	savepoint bool
+	mark      int
 }
 
 func (t *Tx) engine() *engine { return t.eng }
@@ -218,15 +272,31 @@ func (t *Tx) Begin(ctx context.Context) (pgx.Tx, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Tx{tx: tx, eng: t.eng}, nil
+	return &Tx{tx: tx, eng: t.eng, state: t.state, savepoint: true, mark: len(t.state.pending)}, nil
 }
 
-// Commit commits the transaction.
-func (t *Tx) Commit(ctx context.Context) error { return t.tx.Commit(ctx) }
+// Commit commits the transaction. With auditing on, the events of its
+// writes are stored in it and the commit happens with them: both or
+// neither.
+func (t *Tx) Commit(ctx context.Context) error {
+	if t.savepoint || t.eng.audit == nil || len(t.state.pending) == 0 {
+		return t.tx.Commit(ctx)
+	}
+	events := t.state.pending
+	t.state.pending = nil
+	return t.eng.audit.record(ctx, events, t.tx)
+}
 
-// Rollback rolls the transaction back; after Commit it is a no-op that
-// returns pgx.ErrTxClosed, so it is safe to defer.
-func (t *Tx) Rollback(ctx context.Context) error { return t.tx.Rollback(ctx) }
+// Rollback rolls the transaction back, with the events of its writes;
+// after Commit it is a no-op that returns pgx.ErrTxClosed, so it is safe to
+// defer.
+func (t *Tx) Rollback(ctx context.Context) error {
+	err := t.tx.Rollback(ctx)
+	if err == nil {
+		t.state.pending = t.state.pending[:min(t.mark, len(t.state.pending))]
+	}
+	return err
+}
 
 // CopyFrom is pgx's CopyFrom in this transaction.
 func (t *Tx) CopyFrom(ctx context.Context, tableName pgx.Identifier, columnNames []string, rowSrc pgx.CopyFromSource) (int64, error) {

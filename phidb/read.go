@@ -13,6 +13,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgtype"
 
+	"github.com/phidb/phidb/auditing"
 	"github.com/phidb/phidb/codec"
 )
 
@@ -45,6 +46,8 @@ type readPlan struct {
 	fields []*codec.Field // one per result column
 	enc    []int          // result columns that are encrypted
 	text   []bool         // per result column: text format (simple protocol)
+	// columns names the result columns read into fields, for audit events.
+	columns []string
 }
 
 type planKey struct {
@@ -87,6 +90,7 @@ func planFor(s *codec.Schema, m *model, fds []pgconn.FieldDescription) (*readPla
 			return nil, fmt.Errorf("phidb: column %q of the result has no field in %s", fd.Name, s.Type)
 		}
 		p.text[i] = fd.Format == pgx.TextFormatCode
+		p.columns = append(p.columns, fd.Name)
 		if !f.Encrypt {
 			continue
 		}
@@ -153,27 +157,61 @@ func query[T any](ctx context.Context, q Querier, limit int, sql string, args []
 	if err != nil {
 		return nil, err
 	}
+	action := auditing.ActionRead
+	for _, a := range args {
+		if _, ok := a.(MatchArg); ok {
+			action = auditing.ActionLookup
+		}
+	}
+	e := q.engine()
+	if ctx, err = e.actor(ctx, action, s.Table); err != nil {
+		return nil, err
+	}
+	out, cols, err := read[T](ctx, q, s, limit, sql, args)
+	if err != nil {
+		pk, reason := failure(err)
+		e.recordFailure(ctx, action, s.Table, pk, auditing.OutcomeError, reason)
+		return nil, err
+	}
+	if e.audit != nil && len(out) > 0 {
+		pks := make([]string, len(out))
+		for i := range out {
+			pks[i] = s.PKString(reflect.ValueOf(&out[i]).Elem())
+		}
+		if err := e.audit.record(ctx, auditing.NewEvents(ctx, action, s.Table, cols, pks...), nil); err != nil {
+			clear(out) // nothing unaudited is returned, nor left in memory
+			return nil, err
+		}
+	}
+	return out, nil
+}
+
+// read runs the query and decrypts the rows; it returns them with the names
+// of the columns read into fields.
+func read[T any](ctx context.Context, q Querier, s *codec.Schema, limit int, sql string, args []any) ([]T, []string, error) {
+	var err error
 	var m *model
 	if s.Table != "" && s.PK != nil {
 		if m, err = modelFor(s.Type); err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 	}
 	args, matches, err := resolveMatches(q.engine(), m, args)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
+	keepLimit := limit
 	if len(matches) > 0 {
 		limit = -1 // false positives are dropped after decryption
 	}
 	rows, err := q.Query(ctx, sql, args...)
 	if err != nil {
-		return nil, fmt.Errorf("phidb: query: %w", err)
+		return nil, nil, fmt.Errorf("phidb: query: %w", err)
 	}
 	defer rows.Close()
 	plan, err := planFor(s, m, rows.FieldDescriptions())
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	op := opener[T]{c: q.engine().codec, s: s, plan: plan}
 	defer op.stop()
@@ -198,7 +236,7 @@ func query[T any](ctx context.Context, q Querier, limit int, sql string, args []
 			}
 		}
 		if err := rows.Scan(dest...); err != nil {
-			return nil, fmt.Errorf("phidb: scanning %s: %w", s.Table, err)
+			return nil, nil, fmt.Errorf("phidb: scanning %s: %w", s.Table, err)
 		}
 		raw := rows.RawValues()
 		for _, i := range plan.enc {
@@ -210,7 +248,7 @@ func query[T any](ctx context.Context, q Querier, limit int, sql string, args []
 			off := len(cur.arena)
 			if plan.text[i] {
 				if cur.arena, err = appendHexBytea(cur.arena, v); err != nil {
-					return nil, fmt.Errorf("phidb: column %q of %s: %w", plan.fields[i].Column, s.Table, err)
+					return nil, nil, fmt.Errorf("phidb: column %q of %s: %w", plan.fields[i].Column, s.Table, err)
 				}
 			} else {
 				cur.arena = append(cur.arena, v...)
@@ -225,13 +263,13 @@ func query[T any](ctx context.Context, q Querier, limit int, sql string, args []
 	}
 	rows.Close()
 	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("phidb: query: %w", err)
+		return nil, nil, fmt.Errorf("phidb: query: %w", err)
 	}
 	if err := op.open(cur); err != nil { // the last, partial chunk, here
-		return nil, err
+		return nil, nil, err
 	}
 	if err := op.wait(); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	var out []T
 	if len(chunks) == 0 {
@@ -252,8 +290,12 @@ func query[T any](ctx context.Context, q Querier, limit int, sql string, args []
 		}
 		clear(out[len(kept):]) // no dropped row's plaintext lingers in the backing array
 		out = kept
+		if keepLimit >= 0 && len(out) > keepLimit {
+			clear(out[keepLimit:])
+			out = out[:keepLimit]
+		}
 	}
-	return out, nil
+	return out, plan.columns, nil
 }
 
 // opener opens the envelopes of chunks, on worker goroutines started with

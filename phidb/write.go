@@ -9,6 +9,8 @@ import (
 	"sync/atomic"
 
 	"github.com/jackc/pgx/v5"
+
+	"github.com/phidb/phidb/auditing"
 )
 
 // Insert writes one model, given by pointer, as one INSERT. Fields tagged
@@ -22,6 +24,9 @@ func Insert(ctx context.Context, q Querier, v any) error {
 	if err != nil {
 		return err
 	}
+	if ctx, err = q.engine().actor(ctx, auditing.ActionCreate, m.s.Table); err != nil {
+		return err
+	}
 	if err := m.fillPK(root); err != nil {
 		return err
 	}
@@ -30,10 +35,14 @@ func Insert(ctx context.Context, q Querier, v any) error {
 	if err != nil {
 		return err
 	}
-	if _, err := q.Exec(ctx, m.insertSQL, args...); err != nil {
-		return fmt.Errorf("phidb: insert into %s: %w", m.s.Table, err)
-	}
-	return nil
+	return audited(ctx, q, auditing.ActionCreate, m.s.Table, func(q Querier) error {
+		if _, err := q.Exec(ctx, m.insertSQL, args...); err != nil {
+			return fmt.Errorf("phidb: insert into %s: %w", m.s.Table, err)
+		}
+		return nil
+	}, func() []auditing.Event {
+		return auditing.NewEvents(ctx, auditing.ActionCreate, m.s.Table, m.columns, m.s.PKString(root))
+	})
 }
 
 // Update writes every column of one model, given by pointer or value, to the
@@ -44,12 +53,15 @@ func Update(ctx context.Context, q Querier, v any) error {
 	if err != nil {
 		return err
 	}
+	if ctx, err = q.engine().actor(ctx, auditing.ActionUpdate, m.s.Table); err != nil {
+		return err
+	}
 	var pk, buf []byte
 	args, err := m.rowArgs(q.engine(), root, make([]any, 0, len(m.columns)), &pk, &buf)
 	if err != nil {
 		return err
 	}
-	// rowArgs follows field order; UPDATE wants the key last.
+	// rowArgs follows column order; UPDATE wants the key last.
 	set := args[:0:0]
 	var key any
 	for i, a := range args {
@@ -59,14 +71,18 @@ func Update(ctx context.Context, q Querier, v any) error {
 			set = append(set, a)
 		}
 	}
-	tag, err := q.Exec(ctx, m.updateSQL, append(set, key)...)
-	if err != nil {
-		return fmt.Errorf("phidb: update %s: %w", m.s.Table, err)
-	}
-	if tag.RowsAffected() == 0 {
-		return fmt.Errorf("phidb: update %s pk %s: %w", m.s.Table, m.s.PKString(root), pgx.ErrNoRows)
-	}
-	return nil
+	return audited(ctx, q, auditing.ActionUpdate, m.s.Table, func(q Querier) error {
+		tag, err := q.Exec(ctx, m.updateSQL, append(set, key)...)
+		if err != nil {
+			return fmt.Errorf("phidb: update %s: %w", m.s.Table, err)
+		}
+		if tag.RowsAffected() == 0 {
+			return fmt.Errorf("phidb: update %s pk %s: %w", m.s.Table, m.s.PKString(root), pgx.ErrNoRows)
+		}
+		return nil
+	}, func() []auditing.Event {
+		return auditing.NewEvents(ctx, auditing.ActionUpdate, m.s.Table, m.columns, m.s.PKString(root))
+	})
 }
 
 // Delete removes the row of model T whose primary key is pk. It returns an
@@ -76,14 +92,21 @@ func Delete[T any](ctx context.Context, q Querier, pk any) error {
 	if err != nil {
 		return err
 	}
-	tag, err := q.Exec(ctx, m.deleteSQL, pk)
-	if err != nil {
-		return fmt.Errorf("phidb: delete from %s: %w", m.s.Table, err)
+	if ctx, err = q.engine().actor(ctx, auditing.ActionDelete, m.s.Table); err != nil {
+		return err
 	}
-	if tag.RowsAffected() == 0 {
-		return fmt.Errorf("phidb: delete from %s: %w", m.s.Table, pgx.ErrNoRows)
-	}
-	return nil
+	return audited(ctx, q, auditing.ActionDelete, m.s.Table, func(q Querier) error {
+		tag, err := q.Exec(ctx, m.deleteSQL, pk)
+		if err != nil {
+			return fmt.Errorf("phidb: delete from %s: %w", m.s.Table, err)
+		}
+		if tag.RowsAffected() == 0 {
+			return fmt.Errorf("phidb: delete from %s: %w", m.s.Table, pgx.ErrNoRows)
+		}
+		return nil
+	}, func() []auditing.Event {
+		return auditing.NewEvents(ctx, auditing.ActionDelete, m.s.Table, nil, pkText(pk))
+	})
 }
 
 // InsertMany writes rows (structs or pointers to structs) in one round trip
@@ -99,14 +122,32 @@ func InsertMany[T any](ctx context.Context, q Querier, rows []T) (int64, error) 
 	if err != nil {
 		return 0, err
 	}
-	src := newSealingSource(q.engine(), m, rows)
-	defer src.stop()
-	written, err := q.CopyFrom(ctx, m.table, m.columns, src)
-	if serr := src.stop(); serr != nil {
-		return 0, serr
+	if ctx, err = q.engine().actor(ctx, auditing.ActionCreate, m.s.Table); err != nil {
+		return 0, err
 	}
+	var written int64
+	err = audited(ctx, q, auditing.ActionCreate, m.s.Table, func(q Querier) error {
+		src := newSealingSource(q.engine(), m, rows)
+		defer src.stop()
+		n, err := q.CopyFrom(ctx, m.table, m.columns, src)
+		if serr := src.stop(); serr != nil {
+			return serr
+		}
+		if err != nil {
+			return fmt.Errorf("phidb: insert into %s: %w", m.s.Table, err)
+		}
+		written = n
+		return nil
+	}, func() []auditing.Event {
+		pks := make([]string, len(rows))
+		for i := range rows {
+			root, _ := structRoot(reflect.ValueOf(&rows[i]).Elem())
+			pks[i] = m.s.PKString(root)
+		}
+		return auditing.NewEvents(ctx, auditing.ActionCreate, m.s.Table, m.columns, pks...)
+	})
 	if err != nil {
-		return written, fmt.Errorf("phidb: insert into %s: %w", m.s.Table, err)
+		return 0, err
 	}
 	return written, nil
 }

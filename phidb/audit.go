@@ -1,0 +1,196 @@
+package phidb
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"reflect"
+	"strconv"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/phidb/phidb/auditing"
+	"github.com/phidb/phidb/codec"
+)
+
+// ErrNoActor is returned by every operation on PHI (the struct operations,
+// Get, Select, Lookup) when the context names no actor and the pool has no
+// system actor: phidb does not read or write PHI for nobody.
+var ErrNoActor = errors.New("phidb: no actor in the context: set one with auditing.WithActor, or Config.SystemActor for background jobs")
+
+// auditor records the events of one pool in one hash-chained stream.
+type auditor struct {
+	chain *auditing.Chain
+	pg    *auditing.PostgresSink // nil unless Config.AuditPostgres
+	pool  *pgxpool.Pool          // where pg writes the events of reads
+	sink  auditing.Sink          // Config.AuditSink, may be nil
+}
+
+// record appends events to the chain and stores them, all under the chain's
+// lock. With tx, the PostgreSQL events go into tx and tx commits inside the
+// lock, so the stored order is the sequence order and a failed commit leaves
+// no gap in the chain.
+//
+// The connection is acquired before the chain's lock is taken: a lock holder
+// waiting for a pool connection held by a transaction that waits for the lock
+// would deadlock.
+func (a *auditor) record(ctx context.Context, events []auditing.Event, tx pgx.Tx) error {
+	var db auditing.DB = tx
+	if a.pg != nil && tx == nil {
+		conn, err := a.pool.Acquire(ctx)
+		if err != nil {
+			return fmt.Errorf("phidb: recording audit events: %w", err)
+		}
+		defer conn.Release()
+		db = conn
+	}
+	return a.chain.Append(ctx, events, func(ctx context.Context, sealed []auditing.Event) error {
+		if a.pg != nil {
+			if err := a.pg.WriteIn(ctx, db, sealed); err != nil {
+				return fmt.Errorf("phidb: recording audit events: %w", err)
+			}
+		}
+		if a.sink != nil {
+			if err := a.sink.Write(ctx, sealed); err != nil {
+				return fmt.Errorf("phidb: recording audit events: %w", err)
+			}
+		}
+		if tx != nil {
+			return tx.Commit(ctx)
+		}
+		return nil
+	})
+}
+
+// actor returns ctx carrying the actor of the operation: the context's, or
+// the pool's system actor. Without either, the operation is refused, and the
+// refusal is recorded.
+func (e *engine) actor(ctx context.Context, action auditing.Action, table string) (context.Context, error) {
+	if _, ok := auditing.ActorFrom(ctx); ok {
+		return ctx, nil
+	}
+	if e.cfg.SystemActor != nil {
+		return auditing.WithActor(ctx, *e.cfg.SystemActor), nil
+	}
+	e.recordFailure(ctx, action, table, "", auditing.OutcomeDenied, "no actor")
+	return nil, ErrNoActor
+}
+
+// recordFailure records one event for an operation that was refused or
+// failed. It is best effort: the caller returns the operation's own error.
+func (e *engine) recordFailure(ctx context.Context, action auditing.Action, table, pk string, outcome auditing.Outcome, reason string) {
+	if e.audit == nil {
+		return
+	}
+	ev := auditing.NewEvents(ctx, action, table, nil, pk)
+	ev[0].Outcome, ev[0].Reason = outcome, reason
+	_ = e.audit.record(ctx, ev, nil)
+}
+
+// failure classifies err for an audit event, by kind only: an error's text
+// can quote values.
+func failure(err error) (pk, reason string) {
+	var fe *codec.FieldError
+	var pe *pgconn.PgError
+	switch {
+	case errors.As(err, &fe):
+		pk, reason = fe.PK, fe.Op+" failed"
+	case errors.As(err, &pe):
+		reason = "SQLSTATE " + pe.Code
+	case errors.Is(err, pgx.ErrNoRows):
+		reason = "no rows"
+	default:
+		reason = "error"
+	}
+	return pk, reason
+}
+
+// audited runs do, which writes rows, and records events for them with the
+// data change. In a Tx the events wait for its Commit. On a Pool or Conn,
+// phidb runs do in a transaction of its own and commits it with the events.
+// Without auditing do runs as it is.
+func audited(ctx context.Context, q Querier, action auditing.Action, table string, do func(Querier) error, events func() []auditing.Event) error {
+	e := q.engine()
+	if e.audit == nil {
+		return do(q)
+	}
+	fail := func(err error) error {
+		pk, reason := failure(err)
+		e.recordFailure(ctx, action, table, pk, auditing.OutcomeError, reason)
+		return err
+	}
+	if t, ok := q.(*Tx); ok {
+		if err := do(t); err != nil {
+			return fail(err)
+		}
+		t.state.pending = append(t.state.pending, events()...)
+		return nil
+	}
+	var tx *Tx
+	var err error
+	switch h := q.(type) {
+	case *Pool:
+		tx, err = h.Begin(ctx)
+	case *Conn:
+		tx, err = h.Begin(ctx)
+	default:
+		return fmt.Errorf("phidb: unsupported Querier %T", q)
+	}
+	if err != nil {
+		return fail(err)
+	}
+	defer tx.tx.Rollback(context.WithoutCancel(ctx))
+	if err := do(tx); err != nil {
+		return fail(err)
+	}
+	if err := e.audit.record(ctx, events(), tx.tx); err != nil {
+		return fail(err)
+	}
+	return nil
+}
+
+// txState is shared by a transaction and its savepoints: the events of its
+// writes, recorded at Commit.
+type txState struct {
+	pending []auditing.Event
+}
+
+// pkText formats a primary-key argument as Schema.PKString formats a field.
+func pkText(v any) string {
+	switch k := v.(type) {
+	case uuid.UUID:
+		return k.String()
+	case [16]byte:
+		return uuid.UUID(k).String()
+	case string:
+		return strconv.Quote(k)
+	}
+	rv := reflect.ValueOf(v)
+	switch rv.Kind() {
+	case reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64:
+		return strconv.FormatInt(rv.Int(), 10)
+	case reflect.Uint, reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64:
+		return strconv.FormatUint(rv.Uint(), 10)
+	}
+	return fmt.Sprintf("%T", v)
+}
+
+// AuditStream names the pool's audit stream.
+func (p *Pool) AuditStream() string {
+	if p.eng.audit == nil {
+		return ""
+	}
+	return p.eng.audit.chain.Stream()
+}
+
+// AuditHead returns the newest checkpoint of the pool's audit chain (stream,
+// sequence number, head hash), to export where the database cannot alter it.
+func (p *Pool) AuditHead() auditing.Checkpoint {
+	if p.eng.audit == nil {
+		return auditing.Checkpoint{}
+	}
+	return p.eng.audit.chain.Head()
+}

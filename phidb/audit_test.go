@@ -1,0 +1,370 @@
+package phidb_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/stretchr/testify/require"
+
+	"github.com/phidb/phidb/auditing"
+	"github.com/phidb/phidb/internal/pgtest"
+	"github.com/phidb/phidb/keys"
+	"github.com/phidb/phidb/phidb"
+)
+
+// auditedPool opens a pool that records events in phidb_audit and, when w is
+// set, as JSON lines too. Contexts need an actor: there is no system actor.
+func auditedPool(t testing.TB, cs string, kr *keys.Keyring, cfg phidb.Config, ddl ...string) *phidb.Pool {
+	t.Helper()
+	ctx := context.Background()
+	cfg.Keys = kr
+	cfg.AuditPostgres = true
+	db, err := phidb.New(ctx, cs, cfg)
+	require.NoError(t, err)
+	t.Cleanup(db.Close)
+	require.NoError(t, auditing.Init(ctx, db))
+	for _, q := range ddl {
+		_, err := db.Exec(ctx, q)
+		require.NoError(t, err, q)
+	}
+	return db
+}
+
+func clinician(ctx context.Context) context.Context {
+	ctx = auditing.WithActor(ctx, auditing.Actor{ID: "u-1842", Role: "clinician"})
+	ctx = auditing.WithPurpose(ctx, "treatment")
+	return auditing.WithRequestID(ctx, "req-7")
+}
+
+func storedEvents(t testing.TB, db *phidb.Pool) []auditing.Event {
+	t.Helper()
+	events, err := auditing.ReadPostgres(context.Background(), db)
+	require.NoError(t, err)
+	return events
+}
+
+func TestNoActorNoPHI(t *testing.T) {
+	kr := testKeys(t)
+	db := auditedPool(t, pgtest.NewDatabase(t), kr, phidb.Config{}, everythingDDL)
+	ctx := context.Background()
+	rows := sampleRows()
+	require.ErrorIs(t, phidb.Insert(ctx, db, &rows[0]), phidb.ErrNoActor)
+	_, err := phidb.Select[everything](ctx, db, "SELECT * FROM everything")
+	require.ErrorIs(t, err, phidb.ErrNoActor)
+	_, err = phidb.InsertMany(ctx, db, rows)
+	require.ErrorIs(t, err, phidb.ErrNoActor)
+	require.ErrorIs(t, phidb.Delete[everything](ctx, db, uuid.New()), phidb.ErrNoActor)
+
+	var n int
+	require.NoError(t, db.QueryRow(ctx, "SELECT count(*) FROM everything").Scan(&n))
+	require.Zero(t, n)
+	events := storedEvents(t, db)
+	require.Len(t, events, 4, "each refusal is recorded")
+	for _, e := range events {
+		require.Equal(t, auditing.OutcomeDenied, e.Outcome)
+	}
+
+	// With an actor in the context, the same calls work and say who.
+	ctx = clinician(ctx)
+	require.NoError(t, phidb.Insert(ctx, db, &rows[0]))
+	got, err := phidb.Get[everything](ctx, db, "SELECT * FROM everything WHERE id = $1", rows[0].ID)
+	require.NoError(t, err)
+	require.Equal(t, rows[0].Str, got.Str)
+	events = storedEvents(t, db)
+	require.Len(t, events, 6)
+	create, read := events[4], events[5]
+	require.Equal(t, auditing.ActionCreate, create.Action)
+	require.Equal(t, auditing.ActionRead, read.Action)
+	for _, e := range events[4:] {
+		require.Equal(t, auditing.Actor{ID: "u-1842", Role: "clinician"}, e.Actor)
+		require.Equal(t, "treatment", e.Purpose)
+		require.Equal(t, "req-7", e.RequestID)
+		require.Equal(t, "everything", e.Table)
+		require.Equal(t, rows[0].ID.String(), e.PK)
+		require.Equal(t, auditing.OutcomeOK, e.Outcome)
+	}
+	require.Contains(t, read.Columns, "str")
+	require.True(t, auditing.Verify(events, kr.AuditMAC(), nil).OK())
+
+	// A pool with a system actor serves background jobs.
+	sys, err := phidb.New(context.Background(), pgtest.NewDatabase(t), phidb.Config{Keys: kr, SystemActor: &auditing.Actor{ID: "nightly-export", Role: "system"}})
+	require.NoError(t, err)
+	defer sys.Close()
+	_, err = phidb.Select[everything](context.Background(), sys, "SELECT * FROM everything WHERE false")
+	require.Error(t, err) // the table does not exist there: but not ErrNoActor
+	require.NotErrorIs(t, err, phidb.ErrNoActor)
+}
+
+// Many goroutines reading and writing: exactly one event per row touched,
+// and the chain verifies.
+func TestAuditEventPerRowUnderConcurrency(t *testing.T) {
+	kr := testKeys(t)
+	db := auditedPool(t, pgtest.NewDatabase(t), kr, phidb.Config{}, contactDDL)
+	ctx := clinician(context.Background())
+	seed, _ := contacts(500, 50)
+	_, err := phidb.InsertMany(ctx, db, seed)
+	require.NoError(t, err)
+	touched := atomic.Int64{}
+	touched.Add(int64(len(seed)))
+
+	deadline := time.Now().Add(3 * time.Second)
+	var wg sync.WaitGroup
+	errs := make(chan error, 64)
+	for g := 0; g < 64; g++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			r := rand.New(rand.NewPCG(uint64(g), 1))
+			for time.Now().Before(deadline) {
+				var n int
+				var err error
+				switch r.IntN(6) {
+				case 0:
+					c := contact{Email: fmt.Sprintf("new%d@x.example", r.IntN(1000)), MRN: "1", Name: "N", DOB: time.Now().UTC()}
+					err, n = phidb.Insert(ctx, db, &c), 1
+				case 1:
+					var got []contact
+					got, err = phidb.Select[contact](ctx, db, "SELECT * FROM contacts ORDER BY random() LIMIT $1", 1+r.IntN(20))
+					n = len(got)
+				case 2:
+					var got []contact
+					got, err = phidb.Lookup[contact](ctx, db, "Email", fmt.Sprintf("patient%04d@clinic.example", r.IntN(50)))
+					n = len(got)
+				case 3:
+					var c contact
+					c, err = phidb.Get[contact](ctx, db, "SELECT * FROM contacts WHERE id = $1", seed[r.IntN(len(seed))].ID)
+					if err == nil {
+						c.Ward = "moved"
+						err = phidb.Update(ctx, db, &c)
+						n = 2 // one read, one update
+					}
+				case 4:
+					batch, _ := contacts(3, 50)
+					var w int64
+					w, err = phidb.InsertMany(ctx, db, batch)
+					n = int(w)
+				case 5:
+					tx, terr := db.Begin(ctx)
+					if terr != nil {
+						err = terr
+						break
+					}
+					c := contact{Email: "tx@x.example", MRN: "2", Name: "T", DOB: time.Now().UTC()}
+					if err = phidb.Insert(ctx, tx, &c); err == nil {
+						if r.IntN(2) == 0 {
+							err = tx.Rollback(ctx)
+						} else if err = tx.Commit(ctx); err == nil {
+							n = 1
+						}
+					}
+				}
+				if err != nil {
+					errs <- err
+					return
+				}
+				touched.Add(int64(n))
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		require.NoError(t, err)
+	}
+	events := storedEvents(t, db)
+	require.EqualValues(t, touched.Load(), len(events), "one event per row touched, exactly")
+	report := auditing.Verify(events, kr.AuditMAC(), []auditing.Checkpoint{db.AuditHead()})
+	require.True(t, report.OK(), report.String())
+	t.Logf("%s", report)
+}
+
+// Each kind of tampering with the stored chain is found at the right event.
+func TestAuditTamperingDetected(t *testing.T) {
+	kr := testKeys(t)
+	var out bytes.Buffer
+	var checkpoints []auditing.Checkpoint
+	db := auditedPool(t, pgtest.NewDatabase(t), kr, phidb.Config{
+		AuditSink:       auditing.NewJSONSink(&out),
+		CheckpointEvery: 5,
+		OnCheckpoint:    func(c auditing.Checkpoint) { checkpoints = append(checkpoints, c) },
+	}, everythingDDL)
+	ctx := clinician(context.Background())
+	for i := 0; i < 4; i++ {
+		rows := sampleRows()
+		_, err := phidb.InsertMany(ctx, db, rows) // seq 1-2, 5-6, ...
+		require.NoError(t, err)
+		_, err = phidb.Select[everything](ctx, db, "SELECT * FROM everything LIMIT 2")
+		require.NoError(t, err)
+	}
+	lines := strings.Split(strings.TrimSpace(out.String()), "\n")
+	require.Len(t, lines, 16)
+	verify := func(ls []string) auditing.Report {
+		events, err := auditing.ReadJSON(strings.NewReader(strings.Join(ls, "\n") + "\n"))
+		require.NoError(t, err)
+		return auditing.Verify(events, kr.AuditMAC(), checkpoints)
+	}
+	require.True(t, verify(lines).OK())
+
+	edit := func(line string, f func(m map[string]any)) string {
+		var m map[string]any
+		require.NoError(t, json.Unmarshal([]byte(line), &m))
+		f(m)
+		b, err := json.Marshal(m)
+		require.NoError(t, err)
+		return string(b)
+	}
+	cases := []struct {
+		name string
+		mut  func([]string) []string
+		seq  uint64
+		kind string
+	}{
+		{"field changed", func(l []string) []string {
+			l[6] = edit(l[6], func(m map[string]any) {
+				for k := range m {
+					if strings.Contains(strings.ToLower(k), "purpose") {
+						m[k] = "marketing"
+					}
+				}
+			})
+			return l
+		}, 7, auditing.KindAltered},
+		{"event deleted", func(l []string) []string { return append(l[:4:4], l[5:]...) }, 5, auditing.KindMissing},
+		{"event inserted", func(l []string) []string { return append(l[:9:9], append([]string{l[3]}, l[9:]...)...) }, 10, ""},
+		{"events swapped", func(l []string) []string { l[10], l[11] = l[11], l[10]; return l }, 11, auditing.KindReordered},
+		{"tail dropped", func(l []string) []string { return l[:12] }, 13, auditing.KindTruncated},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			r := verify(tc.mut(append([]string(nil), lines...)))
+			require.False(t, r.OK())
+			require.Len(t, r.Problems, 1, r.String())
+			require.Equal(t, tc.seq, r.Problems[0].Seq, r.String())
+			if tc.kind != "" {
+				require.Equal(t, tc.kind, r.Problems[0].Kind, r.String())
+			}
+		})
+	}
+}
+
+// No plaintext in any stored event, in the table or in JSON.
+func TestAuditHoldsNoPlaintext(t *testing.T) {
+	kr := testKeys(t)
+	var out bytes.Buffer
+	db := auditedPool(t, pgtest.NewDatabase(t), kr, phidb.Config{AuditSink: auditing.NewJSONSink(&out)}, everythingDDL)
+	ctx := clinician(context.Background())
+	rows := sampleRows()
+	_, err := phidb.InsertMany(ctx, db, rows)
+	require.NoError(t, err)
+	_, err = phidb.Select[everything](ctx, db, "SELECT * FROM everything")
+	require.NoError(t, err)
+	require.NoError(t, phidb.Update(ctx, db, &rows[0]))
+	_, err = db.Exec(ctx, "UPDATE everything SET str = set_byte(str, 20, get_byte(str, 20) # 1)")
+	require.NoError(t, err)
+	_, err = phidb.Select[everything](ctx, db, "SELECT * FROM everything")
+	require.Error(t, err) // a failed read is recorded too
+
+	var table string
+	require.NoError(t, db.QueryRow(ctx, "SELECT string_agg(a::text, '|') FROM phidb_audit a").Scan(&table))
+	require.Contains(t, table, rows[0].ID.String())
+	for _, s := range sampleSecrets {
+		require.NotContains(t, table, s)
+		require.NotContains(t, out.String(), s)
+	}
+	events := storedEvents(t, db)
+	require.Equal(t, auditing.OutcomeError, events[len(events)-1].Outcome)
+}
+
+// If events cannot be recorded, the read fails and returns no rows.
+func TestAuditSinkFailureFailsRead(t *testing.T) {
+	kr := testKeys(t)
+	ctx := clinician(context.Background())
+	cs := pgtest.NewDatabase(t)
+	admin := auditedPool(t, cs, kr, phidb.Config{}, everythingDDL,
+		`CREATE ROLE app LOGIN PASSWORD 'app-pw'`,
+		`GRANT SELECT, INSERT, UPDATE, DELETE ON everything TO app`,
+		`GRANT SELECT, INSERT ON phidb_audit TO app`)
+	rows := sampleRows()
+	_, err := phidb.InsertMany(ctx, admin, rows)
+	require.NoError(t, err)
+
+	appCS := strings.Replace(cs, "user=postgres", "user=app", 1)
+	appCS = appCS[:strings.Index(appCS, "password=")] + "password=app-pw " + appCS[strings.Index(appCS, "dbname="):]
+	app, err := phidb.New(ctx, appCS, phidb.Config{Keys: kr, AuditPostgres: true})
+	require.NoError(t, err)
+	defer app.Close()
+	got, err := phidb.Select[everything](ctx, app, "SELECT * FROM everything")
+	require.NoError(t, err)
+	require.Len(t, got, 2)
+
+	_, err = admin.Exec(ctx, "REVOKE INSERT ON phidb_audit FROM app")
+	require.NoError(t, err)
+	got, err = phidb.Select[everything](ctx, app, "SELECT * FROM everything")
+	require.Error(t, err)
+	require.Nil(t, got)
+	require.ErrorContains(t, err, "permission denied")
+	noLeak(t, err, sampleSecrets...)
+	_, err = phidb.Get[everything](ctx, app, "SELECT * FROM everything WHERE id = $1", rows[0].ID)
+	require.Error(t, err)
+	// A write whose events cannot be stored does not happen either.
+	extra := sampleRows()[0]
+	require.Error(t, phidb.Insert(ctx, app, &extra))
+	var n int
+	require.NoError(t, admin.QueryRow(ctx, "SELECT count(*) FROM everything").Scan(&n))
+	require.Equal(t, 2, n)
+
+	// The same with a sink of another kind that fails.
+	failing, err := phidb.New(ctx, cs, phidb.Config{Keys: kr, AuditSink: failSink{}})
+	require.NoError(t, err)
+	defer failing.Close()
+	got, err = phidb.Select[everything](ctx, failing, "SELECT * FROM everything")
+	require.Error(t, err)
+	require.Nil(t, got)
+}
+
+type failSink struct{}
+
+func (failSink) Write(context.Context, []auditing.Event) error { return errors.New("sink down") }
+
+// A write rolled back leaves neither the row nor its event; a committed one
+// leaves both.
+func TestAuditWritesShareTheTransaction(t *testing.T) {
+	kr := testKeys(t)
+	db := auditedPool(t, pgtest.NewDatabase(t), kr, phidb.Config{}, everythingDDL)
+	ctx := clinician(context.Background())
+	rows := sampleRows()
+
+	tx, err := db.Begin(ctx)
+	require.NoError(t, err)
+	require.NoError(t, phidb.Insert(ctx, tx, &rows[0]))
+	require.NoError(t, tx.Rollback(ctx))
+	require.Empty(t, storedEvents(t, db))
+
+	tx, err = db.Begin(ctx)
+	require.NoError(t, err)
+	require.NoError(t, phidb.Insert(ctx, tx, &rows[0]))
+	sp, err := tx.Begin(ctx)
+	require.NoError(t, err)
+	require.NoError(t, phidb.Insert(ctx, sp.(*phidb.Tx), &rows[1]))
+	require.NoError(t, sp.Rollback(ctx)) // the savepoint's write and event go
+	require.Empty(t, storedEvents(t, db), "nothing is recorded before commit")
+	require.NoError(t, tx.Commit(ctx))
+
+	events := storedEvents(t, db)
+	require.Len(t, events, 1)
+	require.Equal(t, rows[0].ID.String(), events[0].PK)
+	var n int
+	require.NoError(t, db.QueryRow(ctx, "SELECT count(*) FROM everything").Scan(&n))
+	require.Equal(t, 1, n)
+	require.True(t, auditing.Verify(events, kr.AuditMAC(), nil).OK())
+}
