@@ -27,7 +27,7 @@ import (
 	"github.com/phidb/phidb/phidb"
 )
 
-func testKeys(t *testing.T) *keys.Keyring {
+func testKeys(t testing.TB) *keys.Keyring {
 	kr, err := keys.Generate()
 	require.NoError(t, err)
 	return kr
