@@ -19,6 +19,7 @@ import (
 
 	"github.com/google/uuid"
 
+	"github.com/phidb/phidb/auditing"
 	"github.com/phidb/phidb/internal/pgtest"
 	"github.com/phidb/phidb/keys"
 	"github.com/phidb/phidb/phidb"
@@ -62,11 +63,18 @@ func run(ctx context.Context) error {
 		connString = cluster.ConnString("postgres")
 	}
 
-	db, err := phidb.New(ctx, connString, phidb.Config{Keys: kr})
+	// Every row read or written is recorded in phidb_audit, hash-chained.
+	db, err := phidb.New(ctx, connString, phidb.Config{Keys: kr, AuditPostgres: true})
 	if err != nil {
 		return err
 	}
 	defer db.Close()
+	if err := auditing.Init(ctx, db); err != nil {
+		return err
+	}
+	// Who is asking, and why: without an actor, phidb refuses PHI.
+	ctx = auditing.WithActor(ctx, auditing.Actor{ID: "u-1842", Role: "clinician"})
+	ctx = auditing.WithPurpose(ctx, "treatment")
 	var tlsVersion string
 	if err := db.QueryRow(ctx, "SELECT version FROM pg_stat_ssl WHERE pid = pg_backend_pid()").Scan(&tlsVersion); err != nil {
 		return err
@@ -134,6 +142,22 @@ func run(ctx context.Context) error {
 	for _, p := range found {
 		fmt.Printf("  Lookup(Email = \"  Mary@Crimea.example \") -> %s, %s, ward %s\n", p.ID, p.Name, p.Ward)
 	}
+
+	fmt.Println("\nThe audit trail in phidb_audit (who, what, which row; never values):")
+	events, err := auditing.ReadPostgres(ctx, db)
+	if err != nil {
+		return err
+	}
+	var mine []auditing.Event
+	for _, e := range events {
+		if e.Stream == db.AuditStream() {
+			mine = append(mine, e)
+		}
+	}
+	for _, e := range mine {
+		fmt.Printf("  #%-2d %s %-9s %s %-6s %s pk %s (%s)\n", e.Seq, e.Time.Format("15:04:05.000"), e.Actor.ID, e.Actor.Role, e.Action, e.Table, e.PK, e.Purpose)
+	}
+	fmt.Println("  verify:", auditing.Verify(mine, kr.AuditMAC(), []auditing.Checkpoint{db.AuditHead()}))
 
 	fmt.Println("\nA plaintext connection is refused before anything is sent:")
 	_, err = phidb.New(ctx, "host=127.0.0.1 port=5432 user=postgres dbname=postgres sslmode=disable", phidb.Config{Keys: kr})
