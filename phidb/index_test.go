@@ -114,6 +114,14 @@ func TestLookupExactAt8And32Bits(t *testing.T) {
 	require.NoError(t, err)
 	require.Len(t, sel, want["patient0002@clinic.example"])
 
+	// 32 bits is wider than SafeBits allows for 10,000 rows: a warning,
+	// naming the index, never a value.
+	warnings, err := phidb.CheckBlindIndexes[contact](ctx, db)
+	require.NoError(t, err)
+	require.NotEmpty(t, warnings)
+	require.Contains(t, strings.Join(warnings, "\n"), "email_b32")
+	require.NotContains(t, strings.Join(warnings, "\n"), "clinic.example")
+
 	// The lookup uses the btree index.
 	var plan []string
 	_, err = db.Exec(ctx, "ANALYZE contacts")

@@ -6,6 +6,12 @@
 #                  / pgx.CollectRows(RowToStructByName) of the same text   <= 1.3
 #   InsertMany10k  phidb.InsertMany of 10,000 rows
 #                  / pgx CopyFrom of the same plaintext rows               <= 1.5
+#   Select10kAudit Select10k with the synchronous PostgreSQL audit sink
+#                  / the same Select with auditing off                     <= 1.3
+#   Lookup100k     phidb.Lookup of one row in 100,000 via a blind index
+#                  / pgx equality lookup on an indexed plaintext column    <= 1.3
+#   blindindex     BenchmarkValue: one index value                         <= 500 ns/op
+#   auditing       BenchmarkVerify                                         >= 200,000 events/s
 #                  (pgx-copy-uuid, the baseline passing the key as
 #                  uuid.UUID instead of [16]byte, is printed for information)
 #   codec Open     BenchmarkOpen in ./codec, if it exists                  <= 400 ns/op
@@ -38,6 +44,7 @@ cd "$(dirname "$0")/.."
 ROUNDS=${ROUNDS:-6}
 COUNT=${COUNT:-2}
 BENCHTIME=${BENCHTIME:-20x}
+LOOKUP_BENCHTIME=${LOOKUP_BENCHTIME:-3000x}
 CODEC_BENCHTIME=${CODEC_BENCHTIME:-1s}
 CODEC_COUNT=${CODEC_COUNT:-5}
 GO=${GO:-go}
@@ -69,6 +76,20 @@ for r in $(seq 1 "$ROUNDS"); do
 		exit 2
 	fi
 done
+# One lookup is a single round trip: run many per sample. The 100k-row
+# setup is paid once per invocation.
+echo "## go test -run '^\$' -bench 'Lookup100k' -count $ROUNDS -benchtime $LOOKUP_BENCHTIME ./phidb/"
+if ! (cd phidb && "$work/phidb.test" -test.run '^$' -test.bench 'Lookup100k' \
+	-test.count "$ROUNDS" -test.benchtime "$LOOKUP_BENCHTIME") | tee -a "$raw"; then
+	echo "bench-ratios: the lookup benchmark failed" >&2
+	exit 2
+fi
+echo "## go test -run '^\$' -bench 'BenchmarkValue\$' -count 5 ./blindindex/  and  -bench 'BenchmarkVerify\$' ./auditing/"
+if ! { $GO test -run '^$' -bench 'BenchmarkValue$' -count 5 ./blindindex/ && \
+	$GO test -run '^$' -bench 'BenchmarkVerify$' -count 3 ./auditing/; } | tee -a "$raw"; then
+	echo "bench-ratios: blindindex or auditing benchmark failed" >&2
+	exit 2
+fi
 
 codec_bench=0
 if grep -qs '^func BenchmarkOpen(' codec/*_test.go; then
@@ -91,6 +112,7 @@ awk -v codec_bench="$codec_bench" '
 		if ($i == "ns/op")     { ns[name, ++nns[name]] = $(i-1) }
 		if ($i == "B/op")      { bo[name, ++nbo[name]] = $(i-1) }
 		if ($i == "allocs/op") { al[name, ++nal[name]] = $(i-1) }
+		if ($i == "events/s")  { ev[name, ++nev[name]] = $(i-1) }
 	}
 }
 
@@ -149,6 +171,17 @@ END {
 		m = side("BenchmarkInsertMany10k/pgx-copy-uuid")
 		printf "  phidb / pgx-copy-uuid = %.2f (no target)\n\n", median(ns, "BenchmarkInsertMany10k/phidb", nns["BenchmarkInsertMany10k/phidb"]) / m
 	}
+	ratio("Select10kAudit: Select with the synchronous PostgreSQL audit sink vs auditing off", "BenchmarkSelect10kAudit/audit-postgres", "BenchmarkSelect10kAudit/audit-off", 1.3)
+	ratio("Lookup100k: phidb.Lookup through a blind index vs pgx on an indexed plaintext column", "BenchmarkLookup100k/phidb", "BenchmarkLookup100k/pgx", 1.3)
+	print "blindindex BenchmarkValue (one index value of a 20-byte ASCII email, lower normalizer)"
+	m = side("BenchmarkValue/ascii-mixed-case")
+	if (nns["BenchmarkValue/unicode"] > 0) { print "  for information, non-ASCII input (NFD, case fold, NFC):"; side("BenchmarkValue/unicode") }
+	verdict = (m > 0 && m <= 500) ? "PASS" : "FAIL"; if (verdict == "FAIL") failed = 1
+	printf "  %.1f ns/op  target <= 500 ns/op  %s\n\n", m, verdict
+	print "auditing BenchmarkVerify"
+	m = median(ev, "BenchmarkVerify", nev["BenchmarkVerify"])
+	verdict = (m >= 200000) ? "PASS" : "FAIL"; if (verdict == "FAIL") failed = 1
+	printf "  %.0f events/s  target >= 200000 events/s  %s\n\n", m, verdict
 	print "codec BenchmarkOpen"
 	if (!codec_bench) {
 		print "  SKIP: codec has no BenchmarkOpen"
