@@ -36,7 +36,9 @@ type Config struct {
 	// phidb_audit (create it with auditing.Init or `phidb audit init`) of
 	// the pool's own database. Events of writes go in the same transaction
 	// as the data change; events of reads are stored before the rows are
-	// returned, and if they cannot be, the read fails.
+	// returned, and if they cannot be, the read fails. The events of a
+	// read inside a transaction are stored on another pool connection (a
+	// rollback must not erase them), so such pools need MaxConns >= 2.
 	AuditPostgres bool
 	// AuditSink receives the same events (JSON lines, log/slog, fan-out,
 	// or auditing.NewAsync for opt-in asynchronous delivery).
