@@ -43,7 +43,7 @@ func BenchmarkVerify(b *testing.B) {
 // without writing it. Each iteration first copies the unsealed batch (about
 // 3 MB of memcpy) so that IDs and times are assigned afresh.
 func BenchmarkAppend10k(b *testing.B) {
-	mac := newMAC(b)
+	mac := newChainMAC(b)
 	c := auditing.NewChain("bench", mac)
 	u := actorCtx("bench-user")
 	template := readEvents(u, "0190b1f4-7c1e-7000-8000-0000000", 10000)
@@ -60,7 +60,7 @@ func BenchmarkAppend10k(b *testing.B) {
 
 // BenchmarkAppend1 is the cost per audited single-row query.
 func BenchmarkAppend1(b *testing.B) {
-	mac := newMAC(b)
+	mac := newChainMAC(b)
 	c := auditing.NewChain("bench", mac)
 	u := actorCtx("bench-user")
 	template := readEvents(u, "0190b1f4-7c1e-7000-8000-000000000001", 1)

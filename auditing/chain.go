@@ -26,8 +26,9 @@ type Checkpoint struct {
 //
 // with an empty hash_0, so that changing, removing, inserting or reordering
 // stored events is detected by [Verify]. The MAC is the keyring's audit MAC
-// (keys.Keyring.AuditMAC): a 37-byte Tink tag naming the key that made it,
-// so the audit key can be rotated without breaking the chain.
+// (keys.Keyring.AuditMAC, or its fast path keys.Keyring.AuditChainMAC,
+// which computes the same tags): a 37-byte Tink tag naming the key that
+// made it, so the audit key can be rotated without breaking the chain.
 //
 // A stream must have exactly one Chain writing it at a time, across all
 // processes: give every writer (for example every pool of every process) its
@@ -41,6 +42,7 @@ type Chain struct {
 	head   []byte
 	time   time.Time
 	buf    []byte // canonical encoding buffer, reused
+	canon  canonicalEncoder
 
 	headMu  sync.Mutex // guards snap, so Head does not wait for writes
 	snap    Checkpoint
@@ -256,20 +258,52 @@ func (c *Chain) callWrite(ctx context.Context, write func(context.Context, []Eve
 	return err
 }
 
+// appendMAC is a MAC that appends its tag to a buffer, as
+// keys.ChainMAC does: seal then keeps the hashes of a batch in one
+// allocation.
+type appendMAC interface {
+	AppendMAC(dst, data []byte) ([]byte, error)
+}
+
+// tagSizeHint is the usual length of a hash: a Tink-prefixed HMAC-SHA256.
+const tagSizeHint = 37
+
 // seal assigns stream, sequence numbers and hashes. c.mu must be held.
 func (c *Chain) seal(events []Event) error {
+	// The encoder keeps the shared fields' encoding within this batch only:
+	// a Columns slice may be changed in place between two Appends.
+	c.canon.valid = false
+	am, _ := c.mac.(appendMAC)
+	var tags []byte // the hashes, one after the other, when am is set
+	if am != nil {
+		tags = make([]byte, 0, tagSizeHint*len(events))
+	}
 	for i := range events {
 		e := &events[i]
 		e.Stream = c.stream
 		e.Seq = c.seq + 1
 		e.PrevHash = c.head
-		c.buf = e.Canonical(append(c.buf[:0], c.head...))
-		h, err := c.mac.ComputeMAC(c.buf)
+		c.buf = c.canon.append(append(c.buf[:0], c.head...), e)
+		var h []byte
+		var err error
+		if am != nil {
+			// Should a tag be longer than the hint, append moves on to a new
+			// array; the hashes already set keep the old one.
+			start := len(tags)
+			if tags, err = am.AppendMAC(tags, c.buf); err == nil {
+				h = tags[start:len(tags):len(tags)]
+			}
+		} else {
+			h, err = c.mac.ComputeMAC(c.buf)
+		}
 		if err != nil {
 			return fmt.Errorf("auditing: computing the MAC of stream %q seq %d: %w", c.stream, e.Seq, err)
 		}
 		e.Hash = h
 		c.seq, c.head, c.time = e.Seq, h, e.Time
+	}
+	if am != nil {
+		c.head = slices.Clone(c.head) // the head must not keep the batch's hashes alive
 	}
 	return nil
 }

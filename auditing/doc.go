@@ -18,11 +18,11 @@
 //
 // A typical setup:
 //
-//	chain := auditing.NewChain(stream, keyring.AuditMAC())
+//	chain := auditing.NewChain(stream, keyring.AuditChainMAC())
 //	if cp, ok, err := auditing.LastPostgres(ctx, pool, stream); err != nil {
 //		return err
 //	} else if ok {
-//		chain = auditing.ResumeChain(stream, keyring.AuditMAC(), cp.Seq, cp.Hash)
+//		chain = auditing.ResumeChain(stream, keyring.AuditChainMAC(), cp.Seq, cp.Hash)
 //	}
 //	sink := auditing.NewPostgresSink(pool)
 //	...

@@ -118,6 +118,64 @@ func (e *Event) Canonical(dst []byte) []byte {
 	return dst
 }
 
+// canonicalEncoder writes what Canonical writes, keeping the encoding of
+// the fields that the events of a batch share (stream; actor, action and
+// table; columns to reason) from one event to the next, so that a batch's
+// shared fields are encoded once. Set valid to false before each batch:
+// the Columns slice it compares by identity may change between batches.
+type canonicalEncoder struct {
+	stream                           string
+	actor                            Actor
+	action                           Action
+	table                            string
+	columns                          []string
+	purpose, addr, requestID, reason string
+	outcome                          Outcome
+	head, mid, tail                  []byte // encoded stream; actor to table; columns to reason
+	valid                            bool
+}
+
+// append appends e's canonical encoding to dst, as e.Canonical(dst).
+func (c *canonicalEncoder) append(dst []byte, e *Event) []byte {
+	if !c.valid || e.Stream != c.stream {
+		c.stream = e.Stream
+		c.head = appendStr(append(c.head[:0], canonicalMagic...), e.Stream)
+	}
+	if !c.valid || e.Actor != c.actor || e.Action != c.action || e.Table != c.table {
+		c.actor, c.action, c.table = e.Actor, e.Action, e.Table
+		c.mid = appendStr(appendStr(appendStr(appendStr(c.mid[:0], e.Actor.ID), e.Actor.Role), string(e.Action)), e.Table)
+	}
+	if !c.valid || !sameColumns(e.Columns, c.columns) || e.Purpose != c.purpose || e.ClientAddr != c.addr ||
+		e.RequestID != c.requestID || e.Outcome != c.outcome || e.Reason != c.reason {
+		c.columns, c.purpose, c.addr, c.requestID, c.outcome, c.reason = e.Columns, e.Purpose, e.ClientAddr, e.RequestID, e.Outcome, e.Reason
+		t := binary.BigEndian.AppendUint32(c.tail[:0], uint32(len(e.Columns)))
+		for _, col := range e.Columns {
+			t = appendStr(t, col)
+		}
+		for _, s := range [...]string{e.Purpose, e.ClientAddr, e.RequestID, string(e.Outcome), e.Reason} {
+			t = appendStr(t, s)
+		}
+		c.tail = t
+	}
+	c.valid = true
+	dst = append(dst, c.head...)
+	dst = binary.BigEndian.AppendUint64(dst, e.Seq)
+	dst = append(dst, e.ID[:]...)
+	dst = binary.BigEndian.AppendUint64(dst, uint64(e.Time.UnixMicro()))
+	dst = append(dst, c.mid...)
+	dst = appendStr(dst, e.PK)
+	return append(dst, c.tail...)
+}
+
+// sameColumns is slices.Equal, fast for the events of one query, which
+// share their Columns slice.
+func sameColumns(a, b []string) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	return len(a) == 0 || &a[0] == &b[0] || slices.Equal(a, b)
+}
+
 func appendStr(dst []byte, s string) []byte {
 	dst = binary.BigEndian.AppendUint32(dst, uint32(len(s)))
 	return append(dst, s...)
@@ -132,17 +190,18 @@ func NewEvents(ctx context.Context, action Action, table string, columns []strin
 	actor, purpose, requestID, clientAddr := FromContext(ctx)
 	events := make([]Event, len(pks))
 	for i, pk := range pks {
-		events[i] = Event{
-			Actor:      actor,
-			Action:     action,
-			Table:      table,
-			PK:         pk,
-			Columns:    columns,
-			Purpose:    purpose,
-			ClientAddr: clientAddr,
-			RequestID:  requestID,
-			Outcome:    OutcomeOK,
-		}
+		// Field by field: the slice is zeroed already, and a composite
+		// literal would write every field again.
+		e := &events[i]
+		e.Actor = actor
+		e.Action = action
+		e.Table = table
+		e.PK = pk
+		e.Columns = columns
+		e.Purpose = purpose
+		e.ClientAddr = clientAddr
+		e.RequestID = requestID
+		e.Outcome = OutcomeOK
 	}
 	return events
 }
@@ -154,14 +213,14 @@ func NewEvents(ctx context.Context, action Action, table string, columns []strin
 func prepare(events []Event) {
 	var (
 		now        time.Time
-		missingIDs int
+		missingIDs bool
 		seen       cleanCache
 	)
 	for i := range events {
 		e := &events[i]
 		seen.clean(e)
 		if e.ID == uuid.Nil {
-			missingIDs++
+			missingIDs = true
 		}
 		if e.Time.IsZero() {
 			if now.IsZero() {
@@ -172,8 +231,8 @@ func prepare(events []Event) {
 			e.Time = e.Time.UTC().Truncate(time.Microsecond)
 		}
 	}
-	if missingIDs > 0 {
-		fillV7(events, missingIDs)
+	if missingIDs {
+		fillV7(events)
 	}
 }
 
@@ -220,26 +279,29 @@ func cleanString(s string) string {
 }
 
 // fillV7 assigns UUIDv7s (RFC 9562: 48-bit Unix milliseconds, 12 bits of
-// sub-millisecond time, 62 random bits) to the events with a nil ID, reading
-// the random bits for the whole batch at once.
-func fillV7(events []Event, n int) {
-	random := make([]byte, 8*n)
-	if _, err := rand.Read(random); err != nil {
+// sub-millisecond time, 62 random bits) to the events with a nil ID. The IDs
+// of one call share their time bits, and their random bits count up by one
+// from a random start, modulo 2^62 (RFC 9562, method 2: monotonic random),
+// so that the IDs of a batch are distinct and stored as the first one only
+// (see [SchemaSQL]).
+func fillV7(events []Event) {
+	var random [8]byte
+	if _, err := rand.Read(random[:]); err != nil {
 		// crypto/rand.Read does not fail on supported platforms.
 		panic("auditing: crypto/rand: " + err.Error())
 	}
 	t := time.Now()
 	ms := uint64(t.UnixMilli())
 	frac := uint64(t.Nanosecond()%1e6) * 4096 / 1e6 // 12 bits of sub-millisecond time
+	var first uuid.UUID
+	binary.BigEndian.PutUint64(first[:8], ms<<16|0x7000|frac)
+	binary.BigEndian.PutUint64(first[8:], 1<<63|binary.BigEndian.Uint64(random[:])&idRandomMask) // RFC 9562 variant
+	k := uint64(0)
 	for i := range events {
 		if events[i].ID != uuid.Nil {
 			continue
 		}
-		var u uuid.UUID
-		binary.BigEndian.PutUint64(u[:8], ms<<16|0x7000|frac)
-		copy(u[8:], random[:8])
-		random = random[8:]
-		u[8] = u[8]&0x3f | 0x80 // RFC 9562 variant
-		events[i].ID = u
+		events[i].ID = nextID(first, k)
+		k++
 	}
 }

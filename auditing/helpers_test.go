@@ -27,6 +27,15 @@ func newMAC(t testing.TB) tink.MAC {
 	return kr.AuditMAC()
 }
 
+// newChainMAC returns the audit MAC fast path of a fresh keyring, the MAC
+// phidb's pools seal with.
+func newChainMAC(t testing.TB) tink.MAC {
+	t.Helper()
+	kr, err := keys.Generate()
+	require.NoError(t, err)
+	return kr.AuditChainMAC()
+}
+
 // actorCtx returns a context with an actor, purpose, request id and client
 // address.
 func actorCtx(actor string) context.Context {

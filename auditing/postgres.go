@@ -3,17 +3,18 @@ package auditing
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"net"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
-	"github.com/jackc/pgx/v5/pgtype"
 )
 
 // DB is what the PostgreSQL functions of this package run statements
@@ -31,20 +32,33 @@ const DefaultTable = "phidb_audit"
 
 // SchemaSQL creates the audit table phidb_audit and makes it append-only. It
 // is idempotent and safe to run concurrently (it takes a transaction-level
-// advisory lock); [Init] runs it.
+// advisory lock); [Init] runs it. It refuses, with an error naming the
+// table, a phidb_audit of an earlier layout (with a seqs column): rename or
+// export it first.
 //
 // One row holds one batch: the consecutive events of one Write that share
-// stream, actor, action, table, columns, purpose, client address, request id,
-// outcome and reason, and follow each other in the chain. Those shared
-// fields are stored once; the per-event fields are parallel arrays (ids,
-// seqs, times, pks, hashes). prev_hash is the PrevHash of the batch's first
-// event; each later event's PrevHash is the hash before it. A query reading
-// 10,000 rows thus costs one row of about 1 MB (about 90 bytes per event
-// with UUID primary keys), stored out of line by TOAST. ids and hashes, being random, are stored without
-// compression; pks, seqs and times are compressed with lz4 where the server
-// supports it (PostgreSQL 14 and later, built with lz4), else stored
-// without compression too: the default pglz would double the cost of
-// writing a large batch.
+// stream, time, actor, action, table, columns, purpose, client address,
+// request id, outcome and reason, and follow each other in the chain. Those
+// shared fields are stored once; the batch holds the events with sequence
+// numbers first_seq to last_seq, and prev_hash is the PrevHash of the first
+// (each later event's PrevHash is the hash before it). The per-event fields
+// are packed, in sequence order, in three bytea columns:
+//
+//   - ids: the 16-byte IDs, one after the other; or, for a batch of more
+//     than one event, only the first ID when the others follow from it: the
+//     UUIDv7s that [Chain.Append] assigns to a batch share their time bits
+//     and count up in their 62 random bits (RFC 9562, method 2), so event i
+//     of the batch has the first ID's random bits plus i (modulo 2^62).
+//   - pks: a format byte, then either (0x00) each primary key as its byte
+//     length (unsigned varint, as encoding/binary's AppendUvarint) followed
+//     by its UTF-8 bytes, or (0x01, when every key is the canonical
+//     lowercase text of a UUID) each key as the 16 bytes of that UUID.
+//   - hashes: the hashes, all of the same length, one after the other.
+//
+// A query reading 10,000 rows with UUID primary keys thus costs one row of
+// about 530 kB (53 bytes per event), stored out of line by TOAST, without
+// compression: IDs, hashes and UUID keys are random, and compression would
+// only cost time.
 //
 // Triggers refuse UPDATE and DELETE (row level) and TRUNCATE (statement
 // level) with the error "phidb: <op> on <schema>.<table> refused: the audit
@@ -55,51 +69,53 @@ const DefaultTable = "phidb_audit"
 // detects tampering by those who can.
 const SchemaSQL = `SELECT pg_advisory_xact_lock(7010406352511000801);
 
+DO $do$
+BEGIN
+	IF EXISTS (SELECT FROM pg_attribute WHERE attrelid = to_regclass('phidb_audit')
+			AND attname = 'seqs' AND NOT attisdropped) THEN
+		RAISE EXCEPTION 'phidb: the table phidb_audit has the layout of an earlier phidb version'
+			USING HINT = 'rename it (ALTER TABLE phidb_audit RENAME TO phidb_audit_old) and run Init again';
+	END IF;
+END
+$do$;
+
 CREATE TABLE IF NOT EXISTS phidb_audit (
-	stream       text          NOT NULL,
-	first_seq    bigint        NOT NULL CHECK (first_seq >= 1),
-	prev_hash    bytea         NOT NULL,
-	actor_id     text          NOT NULL,
-	actor_role   text          NOT NULL,
-	action       text          NOT NULL,
-	table_name   text          NOT NULL,
-	column_names text[]        NOT NULL,
-	purpose      text          NOT NULL,
-	client_addr  text          NOT NULL,
-	request_id   text          NOT NULL,
-	outcome      text          NOT NULL,
-	reason       text          NOT NULL,
-	ids          uuid[]        NOT NULL,
-	seqs         bigint[]      NOT NULL,
-	times        timestamptz[] NOT NULL,
-	pks          text[]        NOT NULL,
-	hashes       bytea[]       NOT NULL,
-	written_at   timestamptz   NOT NULL DEFAULT now(),
+	stream       text        NOT NULL,
+	first_seq    bigint      NOT NULL CHECK (first_seq >= 1),
+	last_seq     bigint      NOT NULL,
+	prev_hash    bytea       NOT NULL,
+	event_time   timestamptz NOT NULL,
+	actor_id     text        NOT NULL,
+	actor_role   text        NOT NULL,
+	action       text        NOT NULL,
+	table_name   text        NOT NULL,
+	column_names text[]      NOT NULL,
+	purpose      text        NOT NULL,
+	client_addr  text        NOT NULL,
+	request_id   text        NOT NULL,
+	outcome      text        NOT NULL,
+	reason       text        NOT NULL,
+	ids          bytea       NOT NULL,
+	pks          bytea       NOT NULL,
+	hashes       bytea       NOT NULL,
+	written_at   timestamptz NOT NULL DEFAULT now(),
 	PRIMARY KEY (stream, first_seq),
 	CONSTRAINT phidb_audit_batch_shape CHECK (
-		cardinality(ids) >= 1
-		AND cardinality(seqs) = cardinality(ids)
-		AND cardinality(times) = cardinality(ids)
-		AND cardinality(pks) = cardinality(ids)
-		AND cardinality(hashes) = cardinality(ids)
-		AND seqs[1] = first_seq)
+		last_seq >= first_seq
+		AND (octet_length(ids) = 16 * (last_seq - first_seq + 1) OR octet_length(ids) = 16)
+		AND octet_length(pks) >= 1
+		AND octet_length(hashes) % (last_seq - first_seq + 1) = 0)
 );
 
--- Storage, set once: ids and hashes are random, so they are stored without
--- compression; pks, seqs and times use lz4, which is several times faster
--- than the default pglz, or no compression where lz4 is not available.
+-- Storage, set once: the packed columns are stored out of line without
+-- compression. IDs, hashes and UUID keys are random; compressing other keys
+-- would cost more time than it saves.
 DO $do$
 BEGIN
 	IF EXISTS (SELECT FROM pg_attribute WHERE attrelid = 'phidb_audit'::regclass
-			AND attname IN ('ids', 'hashes') AND attstorage <> 'e') THEN
-		ALTER TABLE phidb_audit ALTER COLUMN ids SET STORAGE EXTERNAL, ALTER COLUMN hashes SET STORAGE EXTERNAL;
-		BEGIN
-			EXECUTE 'ALTER TABLE phidb_audit ALTER COLUMN pks SET COMPRESSION lz4,
-				ALTER COLUMN seqs SET COMPRESSION lz4, ALTER COLUMN times SET COMPRESSION lz4';
-		EXCEPTION WHEN feature_not_supported OR syntax_error THEN
-			ALTER TABLE phidb_audit ALTER COLUMN pks SET STORAGE EXTERNAL,
-				ALTER COLUMN seqs SET STORAGE EXTERNAL, ALTER COLUMN times SET STORAGE EXTERNAL;
-		END;
+			AND attname IN ('ids', 'pks', 'hashes') AND attstorage <> 'e') THEN
+		ALTER TABLE phidb_audit ALTER COLUMN ids SET STORAGE EXTERNAL,
+			ALTER COLUMN pks SET STORAGE EXTERNAL, ALTER COLUMN hashes SET STORAGE EXTERNAL;
 	END IF;
 END
 $do$;
@@ -139,11 +155,9 @@ func Init(ctx context.Context, db DB) error {
 var ErrConflict = errors.New("auditing: sequence numbers already stored for this stream")
 
 // PostgresSink stores events in the audit table (see [SchemaSQL]). Each
-// Write is one INSERT statement, whatever the number of events, with the
-// per-event fields sent as array parameters: up to 16 rows (batches of
-// events sharing their fields) as a VALUES list, more as unnest of arrays
-// gathered back per row, or one row per event when no two consecutive
-// events share their fields.
+// Write is one INSERT statement, whatever the number of events: up to 16
+// rows (batches of events sharing their fields) as a VALUES list, more as
+// unnest of arrays with one element per row.
 type PostgresSink struct {
 	// DB is what Write runs its statement through.
 	DB DB
@@ -186,20 +200,19 @@ func (s *PostgresSink) WriteIn(ctx context.Context, db DB, events []Event) error
 	}
 	ident := pgx.Identifier(strings.Split(table, ".")).Sanitize()
 	runs := batchRuns(events)
+	a := arenas.Get().(*arena)
+	defer a.release()
 	var err error
-	switch {
-	case len(runs) <= maxValuesRows:
-		args := make([]any, 0, 18*len(runs))
+	if len(runs) <= maxValuesRows {
+		args := make([]any, 0, insertParams*len(runs))
 		start := 0
 		for _, end := range runs {
-			args = append(args, oneRowArgs(events[start:end])...)
+			args = appendRowArgs(args, a, events[start:end])
 			start = end
 		}
 		_, err = db.Exec(ctx, insertValuesSQL(ident, len(runs)), args...)
-	case len(runs) == len(events):
-		_, err = db.Exec(ctx, insertEachSQL(ident), eachRowArgs(events)...)
-	default:
-		_, err = db.Exec(ctx, insertManySQL(ident), manyRowsArgs(events, runs)...)
+	} else {
+		_, err = db.Exec(ctx, insertManySQL(ident), manyRowsArgs(a, events, runs)...)
 	}
 	if err != nil {
 		return writeError(table, events, err)
@@ -208,8 +221,9 @@ func (s *PostgresSink) WriteIn(ctx context.Context, db DB, events []Event) error
 }
 
 // batchRuns splits events into runs of consecutive events that can share a
-// row: same shared fields, same stream, consecutive sequence numbers and
-// linked hashes. It returns the index where each run ends.
+// row: same shared fields, same stream and time, consecutive sequence
+// numbers, linked hashes of one length. It returns the index where each run
+// ends.
 func batchRuns(events []Event) []int {
 	var ends []int
 	for i := 1; i < len(events); i++ {
@@ -222,20 +236,24 @@ func batchRuns(events []Event) []int {
 
 func sameBatch(a, b *Event) bool {
 	return a.Stream == b.Stream && b.Seq == a.Seq+1 && bytes.Equal(b.PrevHash, a.Hash) &&
+		len(a.Hash) == len(b.Hash) && a.Time.Equal(b.Time) &&
 		a.Actor == b.Actor && a.Action == b.Action && a.Table == b.Table &&
 		a.Purpose == b.Purpose && a.ClientAddr == b.ClientAddr && a.RequestID == b.RequestID &&
-		a.Outcome == b.Outcome && a.Reason == b.Reason && slices.Equal(a.Columns, b.Columns)
+		a.Outcome == b.Outcome && a.Reason == b.Reason && sameColumns(a.Columns, b.Columns)
 }
 
-const insertColumns = `(stream, first_seq, prev_hash, actor_id, actor_role, action, table_name, column_names,
-	purpose, client_addr, request_id, outcome, reason, ids, seqs, times, pks, hashes)`
+const insertColumns = `(stream, first_seq, last_seq, prev_hash, event_time, actor_id, actor_role, action, table_name,
+	column_names, purpose, client_addr, request_id, outcome, reason, ids, pks, hashes)`
+
+// insertParams is the number of parameters of one row.
+const insertParams = 18
 
 // maxValuesRows is the largest number of rows inserted with a VALUES list
-// (one tuple of 18 parameters per row); more rows go through unnest. Each
-// row count is its own prepared statement, so keep it small.
+// (one tuple of insertParams parameters per row); more rows go through
+// unnest. Each row count is its own prepared statement, so keep it small.
 const maxValuesRows = 16
 
-// insertValuesSQL inserts rows rows, each from its own 18 parameters.
+// insertValuesSQL inserts rows rows, each from its own parameters.
 func insertValuesSQL(ident string, rows int) string {
 	var b strings.Builder
 	b.WriteString(`INSERT INTO ` + ident + ` ` + insertColumns + `
@@ -244,45 +262,24 @@ VALUES `)
 		if r > 0 {
 			b.WriteString(",\n\t")
 		}
-		p := r * 18
-		fmt.Fprintf(&b, `($%d, $%d, $%d, $%d, $%d, $%d, $%d, $%d::text[], $%d, $%d, $%d, $%d, $%d, `+
-			`$%d::uuid[], $%d::bigint[], $%d::timestamptz[], $%d::text[], $%d::bytea[])`,
+		p := r * insertParams
+		fmt.Fprintf(&b, `($%d, $%d, $%d, $%d, $%d::timestamptz, $%d, $%d, $%d, $%d, $%d::text[], $%d, $%d, $%d, $%d, $%d, `+
+			`$%d::bytea, $%d::bytea, $%d::bytea)`,
 			p+1, p+2, p+3, p+4, p+5, p+6, p+7, p+8, p+9, p+10, p+11, p+12, p+13, p+14, p+15, p+16, p+17, p+18)
 	}
 	return b.String()
 }
 
-// insertManySQL inserts one row per run: the shared fields come as one
-// array element per row, the per-event fields as flat arrays with the row
-// number of each event, gathered back per row.
+// insertManySQL inserts one row per element of its array parameters.
 func insertManySQL(ident string) string {
 	return `INSERT INTO ` + ident + ` ` + insertColumns + `
-SELECT r.stream, r.first_seq, r.prev_hash, r.actor_id, r.actor_role, r.action, r.table_name,
-	r.column_names::text[], r.purpose, r.client_addr, r.request_id, r.outcome, r.reason,
-	e.ids, e.seqs, e.times, e.pks, e.hashes
-FROM unnest($1::text[], $2::bigint[], $3::bytea[], $4::text[], $5::text[], $6::text[], $7::text[],
-		$8::text[], $9::text[], $10::text[], $11::text[], $12::text[], $13::text[])
-	WITH ORDINALITY AS r(stream, first_seq, prev_hash, actor_id, actor_role, action, table_name,
-		column_names, purpose, client_addr, request_id, outcome, reason, rn)
-JOIN (SELECT rn, array_agg(id ORDER BY o) AS ids, array_agg(seq ORDER BY o) AS seqs,
-		array_agg(t ORDER BY o) AS times, array_agg(pk ORDER BY o) AS pks, array_agg(h ORDER BY o) AS hashes
-	FROM unnest($14::bigint[], $15::uuid[], $16::bigint[], $17::timestamptz[], $18::text[], $19::bytea[])
-		WITH ORDINALITY AS x(rn, id, seq, t, pk, h, o)
-	GROUP BY rn) e ON e.rn = r.rn`
-}
-
-// insertEachSQL inserts one row per event, for batches in which no two
-// consecutive events share a row.
-func insertEachSQL(ident string) string {
-	return `INSERT INTO ` + ident + ` ` + insertColumns + `
-SELECT stream, seq, prev_hash, actor_id, actor_role, action, table_name,
-	column_names::text[], purpose, client_addr, request_id, outcome, reason,
-	ARRAY[id], ARRAY[seq], ARRAY[t], ARRAY[pk], ARRAY[h]
-FROM unnest($1::text[], $2::bigint[], $3::bytea[], $4::text[], $5::text[], $6::text[], $7::text[],
-		$8::text[], $9::text[], $10::text[], $11::text[], $12::text[], $13::text[],
-		$14::uuid[], $15::timestamptz[], $16::text[], $17::bytea[])
-	AS u(stream, seq, prev_hash, actor_id, actor_role, action, table_name,
-		column_names, purpose, client_addr, request_id, outcome, reason, id, t, pk, h)`
+SELECT stream, first_seq, last_seq, prev_hash, event_time, actor_id, actor_role, action, table_name,
+	column_names::text[], purpose, client_addr, request_id, outcome, reason, ids, pks, hashes
+FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::bytea[], $5::timestamptz[], $6::text[], $7::text[],
+		$8::text[], $9::text[], $10::text[], $11::text[], $12::text[], $13::text[], $14::text[], $15::text[],
+		$16::bytea[], $17::bytea[], $18::bytea[])
+	AS u(stream, first_seq, last_seq, prev_hash, event_time, actor_id, actor_role, action, table_name,
+		column_names, purpose, client_addr, request_id, outcome, reason, ids, pks, hashes)`
 }
 
 // arrayLiteral returns the PostgreSQL text[] literal of names: each element
@@ -315,60 +312,255 @@ func nonNil[T any](b []T) []T {
 	return b
 }
 
-// eventArrays are the per-event parameters. IDs are pgtype.UUID, which pgx
-// encodes and decodes directly in every query execution mode; uuid.UUID
-// would go through driver.Valuer and sql.Scanner, several times slower.
-type eventArrays struct {
-	ids    []pgtype.UUID
-	seqs   []int64
-	times  []time.Time
-	pks    []string
-	hashes [][]byte
+// Formats of the pks column: its first byte.
+const (
+	pksStrings = 0x00 // each key: uvarint byte length, then the bytes
+	pksUUIDs   = 0x01 // each key: the 16 bytes of the UUID it is the canonical text of
+)
+
+// packed is the per-event columns of one row.
+type packed struct{ ids, pks, hashes []byte }
+
+// arena hands out the byte slices of the packed columns of one Write. The
+// arenas are pooled: pgx copies the parameters while sending them, so the
+// bytes are free again when the statement returns.
+type arena struct{ b []byte }
+
+var arenas = sync.Pool{New: func() any { return new(arena) }}
+
+// maxPooledArena is the largest arena kept for reuse: one 10,000-event
+// batch with UUID keys takes 530 kB.
+const maxPooledArena = 4 << 20
+
+// alloc returns n bytes of the arena. A slice handed out earlier stays
+// valid when the arena grows: it keeps the array it was cut from.
+func (a *arena) alloc(n int) []byte {
+	if cap(a.b)-len(a.b) < n {
+		a.b = make([]byte, 0, max(2*cap(a.b), n, 4096))
+	}
+	b := a.b[len(a.b) : len(a.b)+n : len(a.b)+n]
+	a.b = a.b[:len(a.b)+n]
+	return b
 }
 
-func newEventArrays(n int) eventArrays {
-	return eventArrays{
-		ids:    make([]pgtype.UUID, 0, n),
-		seqs:   make([]int64, 0, n),
-		times:  make([]time.Time, 0, n),
-		pks:    make([]string, 0, n),
-		hashes: make([][]byte, 0, n),
+func (a *arena) release() {
+	if cap(a.b) <= maxPooledArena {
+		a.b = a.b[:0]
+		arenas.Put(a)
 	}
 }
 
-func (a *eventArrays) add(e *Event) {
-	a.ids = append(a.ids, pgtype.UUID{Bytes: e.ID, Valid: true})
-	a.seqs = append(a.seqs, int64(e.Seq))
-	a.times = append(a.times, e.Time)
-	a.pks = append(a.pks, e.PK)
-	a.hashes = append(a.hashes, nonNil(e.Hash))
-}
-
-func oneRowArgs(events []Event) []any {
-	a := newEventArrays(len(events))
+// pack encodes the per-event fields of a run of events (see [SchemaSQL])
+// into slices of a.
+func pack(a *arena, events []Event) packed {
+	n := len(events)
+	derived := n > 1
+	for i := 1; i < n && derived; i++ {
+		derived = events[i].ID == nextID(events[0].ID, uint64(i))
+	}
+	var p packed
+	if derived {
+		p.ids = a.alloc(16)
+		copy(p.ids, events[0].ID[:])
+	} else {
+		p.ids = a.alloc(16 * n)
+		for i := range events {
+			copy(p.ids[16*i:], events[i].ID[:])
+		}
+	}
+	p.pks = a.alloc(1 + 16*n)
+	p.pks[0] = pksUUIDs
 	for i := range events {
-		a.add(&events[i])
+		if !parseUUID((*[16]byte)(p.pks[1+16*i:]), events[i].PK) {
+			p.pks = packStrings(a, events)
+			break
+		}
 	}
-	f := &events[0]
-	return []any{
-		f.Stream, int64(f.Seq), nonNil(f.PrevHash), f.Actor.ID, f.Actor.Role, string(f.Action), f.Table,
-		nonNil(f.Columns), f.Purpose, f.ClientAddr, f.RequestID, string(f.Outcome), f.Reason,
-		a.ids, a.seqs, a.times, a.pks, a.hashes,
+	hashLen := len(events[0].Hash)
+	p.hashes = a.alloc(hashLen * n)
+	for i := range events {
+		copy(p.hashes[hashLen*i:], events[i].Hash)
 	}
+	return p
 }
 
-// rowArrays are the shared fields of several rows, one element per row.
+// packStrings encodes the primary keys of events in the pksStrings format.
+func packStrings(a *arena, events []Event) []byte {
+	size := 1
+	for i := range events {
+		size += uvarintLen(uint64(len(events[i].PK))) + len(events[i].PK)
+	}
+	b := a.alloc(size)[:1]
+	b[0] = pksStrings
+	for i := range events {
+		b = binary.AppendUvarint(b, uint64(len(events[i].PK)))
+		b = append(b, events[i].PK...)
+	}
+	return b
+}
+
+// unpack decodes the per-event columns of a row of n events into events,
+// which has length n, and returns a description of what is malformed, or
+// "".
+func unpack(p packed, events []Event) string {
+	n := len(events)
+	switch {
+	case len(p.ids) == 16*n:
+		for i := range events {
+			events[i].ID = uuid.UUID(p.ids[16*i:])
+		}
+	case len(p.ids) == 16:
+		first := uuid.UUID(p.ids)
+		for i := range events {
+			events[i].ID = nextID(first, uint64(i))
+		}
+	default:
+		return "ids"
+	}
+	if len(p.hashes)%n != 0 {
+		return "hashes"
+	}
+	if hl := len(p.hashes) / n; hl > 0 {
+		for i := range events {
+			events[i].Hash = p.hashes[i*hl : (i+1)*hl : (i+1)*hl]
+		}
+	}
+	if len(p.pks) == 0 {
+		return "pks"
+	}
+	switch body := p.pks[1:]; p.pks[0] {
+	case pksUUIDs:
+		if len(body) != 16*n {
+			return "pks"
+		}
+		var b strings.Builder
+		b.Grow(36 * n)
+		var text [36]byte
+		for i := range n {
+			b.Write(appendUUID(text[:0], body[16*i:]))
+		}
+		all := b.String() // one allocation for the keys of the row
+		for i := range events {
+			events[i].PK = all[36*i : 36*(i+1)]
+		}
+	case pksStrings:
+		all := string(body)
+		off := 0
+		for i := range events {
+			l, k := binary.Uvarint(body[off:])
+			if k <= 0 || l > uint64(len(body)-off-k) {
+				return "pks"
+			}
+			off += k
+			events[i].PK = all[off : off+int(l)]
+			off += int(l)
+		}
+		if off != len(body) {
+			return "pks"
+		}
+	default:
+		return "pks"
+	}
+	return ""
+}
+
+// idRandomMask covers the 62 random bits of the last 8 bytes of a UUIDv7
+// (the 2 bits above them are the RFC 9562 variant).
+const idRandomMask = 1<<62 - 1
+
+// nextID returns id with i added to its 62 random bits, modulo 2^62: the
+// i-th ID after it in a batch filled by fillV7.
+func nextID(id uuid.UUID, i uint64) uuid.UUID {
+	lo := binary.BigEndian.Uint64(id[8:])
+	binary.BigEndian.PutUint64(id[8:], lo&^idRandomMask|(lo+i)&idRandomMask)
+	return id
+}
+
+func uvarintLen(x uint64) int {
+	n := 1
+	for x >= 0x80 {
+		x >>= 7
+		n++
+	}
+	return n
+}
+
+// parseUUID parses the canonical text of a UUID into u: 36 characters,
+// lowercase hexadecimal digits with hyphens after the 8th, 12th, 16th and
+// 20th, the only form that appendUUID gives back. It reports whether s is
+// such a text; if not, u holds garbage.
+func parseUUID(u *[16]byte, s string) bool {
+	if len(s) != 36 || s[8] != '-' || s[13] != '-' || s[18] != '-' || s[23] != '-' {
+		return false
+	}
+	bad := byte(0)
+	for j, i := range uuidHexOffsets {
+		hi, lo := unhex[s[i]], unhex[s[i+1]]
+		bad |= hi | lo
+		u[j] = hi<<4 | lo
+	}
+	return bad < 0x10
+}
+
+// uuidHexOffsets are the offsets of the 16 byte values in a UUID's text.
+var uuidHexOffsets = [16]int{0, 2, 4, 6, 9, 11, 14, 16, 19, 21, 24, 26, 28, 30, 32, 34}
+
+// unhex maps lowercase hexadecimal digits to their value and every other
+// byte to 0xff.
+var unhex = func() (t [256]byte) {
+	for c := range t {
+		switch {
+		case '0' <= c && c <= '9':
+			t[c] = byte(c - '0')
+		case 'a' <= c && c <= 'f':
+			t[c] = byte(c - 'a' + 10)
+		default:
+			t[c] = 0xff
+		}
+	}
+	return t
+}()
+
+// appendUUID appends the canonical text of the UUID in the first 16 bytes
+// of b.
+func appendUUID(dst, b []byte) []byte {
+	const digits = "0123456789abcdef"
+	for i, c := range b[:16] {
+		if i == 4 || i == 6 || i == 8 || i == 10 {
+			dst = append(dst, '-')
+		}
+		dst = append(dst, digits[c>>4], digits[c&0x0f])
+	}
+	return dst
+}
+
+// appendRowArgs appends the parameters of the row of a run of events.
+func appendRowArgs(args []any, a *arena, run []Event) []any {
+	f, l := &run[0], &run[len(run)-1]
+	p := pack(a, run)
+	return append(args,
+		f.Stream, int64(f.Seq), int64(l.Seq), nonNil(f.PrevHash), f.Time, f.Actor.ID, f.Actor.Role, string(f.Action), f.Table,
+		nonNil(f.Columns), f.Purpose, f.ClientAddr, f.RequestID, string(f.Outcome), f.Reason,
+		p.ids, p.pks, p.hashes)
+}
+
+// rowArrays are the parameters of several rows, one element per row.
 type rowArrays struct {
 	streams, actorIDs, actorRoles, actions, tables, columns []string
 	purposes, addrs, requestIDs, outcomes, reasons          []string
-	firstSeqs                                               []int64
-	prevHashes                                              [][]byte
+	firstSeqs, lastSeqs                                     []int64
+	times                                                   []time.Time
+	prevHashes, ids, pks, hashes                            [][]byte
 }
 
-func (r *rowArrays) add(f *Event, columns string) {
+func (r *rowArrays) add(a *arena, run []Event, columns string) {
+	f, l := &run[0], &run[len(run)-1]
+	p := pack(a, run)
 	r.streams = append(r.streams, f.Stream)
 	r.firstSeqs = append(r.firstSeqs, int64(f.Seq))
+	r.lastSeqs = append(r.lastSeqs, int64(l.Seq))
 	r.prevHashes = append(r.prevHashes, nonNil(f.PrevHash))
+	r.times = append(r.times, f.Time)
 	r.actorIDs = append(r.actorIDs, f.Actor.ID)
 	r.actorRoles = append(r.actorRoles, f.Actor.Role)
 	r.actions = append(r.actions, string(f.Action))
@@ -379,13 +571,9 @@ func (r *rowArrays) add(f *Event, columns string) {
 	r.requestIDs = append(r.requestIDs, f.RequestID)
 	r.outcomes = append(r.outcomes, string(f.Outcome))
 	r.reasons = append(r.reasons, f.Reason)
-}
-
-func (r *rowArrays) args() []any {
-	return []any{
-		r.streams, r.firstSeqs, r.prevHashes, r.actorIDs, r.actorRoles, r.actions, r.tables,
-		r.columns, r.purposes, r.addrs, r.requestIDs, r.outcomes, r.reasons,
-	}
+	r.ids = append(r.ids, p.ids)
+	r.pks = append(r.pks, p.pks)
+	r.hashes = append(r.hashes, p.hashes)
 }
 
 // columnsLiteral caches the literal of the last columns slice seen: events
@@ -402,36 +590,20 @@ func (c *columnsLiteral) of(names []string) string {
 	return c.lit
 }
 
-func manyRowsArgs(events []Event, ends []int) []any {
+func manyRowsArgs(a *arena, events []Event, ends []int) []any {
 	var (
-		rows      rowArrays
-		lits      columnsLiteral
-		eventRows = make([]int64, 0, len(events))
-		a         = newEventArrays(len(events))
-		start     int
+		r     rowArrays
+		lits  columnsLiteral
+		start int
 	)
-	for r, end := range ends {
-		rows.add(&events[start], lits.of(events[start].Columns))
-		for i := start; i < end; i++ {
-			eventRows = append(eventRows, int64(r+1))
-			a.add(&events[i])
-		}
+	for _, end := range ends {
+		r.add(a, events[start:end], lits.of(events[start].Columns))
 		start = end
 	}
-	return append(rows.args(), eventRows, a.ids, a.seqs, a.times, a.pks, a.hashes)
-}
-
-func eachRowArgs(events []Event) []any {
-	var (
-		rows rowArrays
-		lits columnsLiteral
-		a    = newEventArrays(len(events))
-	)
-	for i := range events {
-		rows.add(&events[i], lits.of(events[i].Columns))
-		a.add(&events[i])
+	return []any{
+		r.streams, r.firstSeqs, r.lastSeqs, r.prevHashes, r.times, r.actorIDs, r.actorRoles, r.actions, r.tables,
+		r.columns, r.purposes, r.addrs, r.requestIDs, r.outcomes, r.reasons, r.ids, r.pks, r.hashes,
 	}
-	return append(rows.args(), a.ids, a.times, a.pks, a.hashes)
 }
 
 // writeError describes a failed write by table, stream and sequence
@@ -474,14 +646,13 @@ type safeError struct {
 func (e *safeError) Error() string   { return e.msg }
 func (e *safeError) Unwrap() []error { return e.errs }
 
-const selectColumns = `stream, first_seq, prev_hash, actor_id, actor_role, action, table_name, column_names,
-	purpose, client_addr, request_id, outcome, reason, ids, seqs, times, pks, hashes`
+const selectColumns = `stream, first_seq, last_seq, prev_hash, event_time, actor_id, actor_role, action, table_name,
+	column_names, purpose, client_addr, request_id, outcome, reason, ids, pks, hashes`
 
 // ReadPostgres returns all events of the audit table, ordered by stream and
 // sequence number, expanding each stored batch back into one Event per row
 // audited. Within a batch, an event's PrevHash is the hash of the event
-// before it if their sequence numbers are consecutive, and empty otherwise
-// (a gap that Verify reports). It holds the whole table in memory.
+// before it. It holds the whole table in memory.
 //
 // Rows come back in sequence order whatever their physical order, so
 // reordering shows up in PostgreSQL only as events whose contents were
@@ -497,42 +668,48 @@ func readPostgres(ctx context.Context, db DB, sql string, args ...any) ([]Event,
 	}
 	defer rows.Close()
 	var (
-		events []Event
-		shared Event
-		first  int64
-		prev   []byte
-		a      eventArrays
+		events      []Event
+		shared      Event
+		first, last int64
+		prev        []byte
+		t           time.Time
+		p           packed
 	)
 	for rows.Next() {
 		var action, outcome string
-		if err := rows.Scan(&shared.Stream, &first, &prev, &shared.Actor.ID, &shared.Actor.Role, &action,
+		if err := rows.Scan(&shared.Stream, &first, &last, &prev, &t, &shared.Actor.ID, &shared.Actor.Role, &action,
 			&shared.Table, &shared.Columns, &shared.Purpose, &shared.ClientAddr, &shared.RequestID, &outcome,
-			&shared.Reason, &a.ids, &a.seqs, &a.times, &a.pks, &a.hashes); err != nil {
+			&shared.Reason, &p.ids, &p.pks, &p.hashes); err != nil {
 			return nil, fmt.Errorf("auditing: reading the audit table: %w", err)
 		}
-		shared.Action, shared.Outcome = Action(action), Outcome(outcome)
-		n := len(a.ids)
-		if len(a.seqs) != n || len(a.times) != n || len(a.pks) != n || len(a.hashes) != n {
-			return nil, fmt.Errorf("auditing: reading the audit table: batch of stream %q at seq %d has arrays of different lengths", shared.Stream, first)
+		shared.Action, shared.Outcome, shared.Time = Action(action), Outcome(outcome), t.UTC()
+		// Every event takes at least 16 bytes of ids or 1 byte of pks: a
+		// count beyond both is malformed, and is not allocated.
+		if first < 1 || last < first || last-first >= int64(max(len(p.ids)/16, len(p.pks))) {
+			return nil, fmt.Errorf("auditing: reading the audit table: batch of stream %q at seq %d is malformed (seqs)", shared.Stream, first)
 		}
 		if len(shared.Columns) == 0 {
 			shared.Columns = nil
 		}
-		for i := range n {
-			e := shared
-			e.ID, e.Seq, e.Time, e.PK, e.Hash = uuid.UUID(a.ids[i].Bytes), uint64(a.seqs[i]), a.times[i].UTC(), a.pks[i], a.hashes[i]
-			switch {
-			case i == 0:
-				if len(prev) > 0 {
-					e.PrevHash = prev
-				}
-			case a.seqs[i] == a.seqs[i-1]+1:
-				e.PrevHash = a.hashes[i-1]
-			}
-			events = append(events, e)
+		n := int(last - first + 1)
+		events = slices.Grow(events, n)
+		batch := events[len(events) : len(events)+n]
+		for i := range batch {
+			batch[i] = shared
+			batch[i].Seq = uint64(first) + uint64(i)
 		}
+		if what := unpack(p, batch); what != "" {
+			return nil, fmt.Errorf("auditing: reading the audit table: batch of stream %q at seq %d is malformed (%s)", shared.Stream, first, what)
+		}
+		if len(prev) > 0 {
+			batch[0].PrevHash = prev
+		}
+		for i := 1; i < n; i++ {
+			batch[i].PrevHash = batch[i-1].Hash
+		}
+		events = events[:len(events)+n]
 		// Fresh slices for the next row: the events keep these.
-		shared.Columns, prev, a = nil, nil, eventArrays{}
+		shared.Columns, prev, p = nil, nil, packed{}
 	}
 	if err := rows.Err(); err != nil {
 		return nil, fmt.Errorf("auditing: reading the audit table: %w", err)
@@ -549,7 +726,9 @@ func LastPostgres(ctx context.Context, db DB, stream string) (Checkpoint, bool, 
 		hash []byte
 		t    time.Time
 	)
-	err := queryRow(ctx, db, `SELECT seqs[cardinality(seqs)], hashes[cardinality(hashes)], times[cardinality(times)]
+	err := queryRow(ctx, db, `SELECT last_seq,
+	substring(hashes FROM octet_length(hashes) - (octet_length(hashes) / (last_seq - first_seq + 1))::int + 1),
+	event_time
 FROM `+DefaultTable+` WHERE stream = $1 ORDER BY first_seq DESC LIMIT 1`, []any{stream}, &seq, &hash, &t)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return Checkpoint{Stream: stream}, false, nil

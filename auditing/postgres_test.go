@@ -9,7 +9,9 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
+	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -54,7 +56,7 @@ func TestPostgresRoundTrip(t *testing.T) {
 	wg.Wait()
 
 	rows, err := pool.Query(ctx, `SELECT attname, attstorage::text, attcompression::text FROM pg_attribute
-		WHERE attrelid = 'phidb_audit'::regclass AND attname IN ('ids', 'hashes', 'pks', 'seqs', 'times') ORDER BY attname`)
+		WHERE attrelid = 'phidb_audit'::regclass AND attname IN ('ids', 'hashes', 'pks') ORDER BY attname`)
 	require.NoError(t, err)
 	storage, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (string, error) {
 		var name, st, comp string
@@ -62,8 +64,7 @@ func TestPostgresRoundTrip(t *testing.T) {
 		return name + ":" + st + comp, err
 	})
 	require.NoError(t, err)
-	require.Equal(t, []string{"hashes:e", "ids:e", "pks:xl", "seqs:xl", "times:xl"}, storage,
-		"random arrays uncompressed, the others lz4")
+	require.Equal(t, []string{"hashes:e", "ids:e", "pks:e"}, storage, "packed columns out of line, uncompressed")
 
 	mac := newMAC(t)
 	pg := auditing.NewPostgresSink(pool)
@@ -108,7 +109,23 @@ func TestPostgresRoundTrip(t *testing.T) {
 	require.NoError(t, e.Append(alice, de[2:], nil))
 	require.NoError(t, sink.Write(ctx, de))
 
+	// UUID primary keys (stored as 16 bytes), keys that only look like
+	// UUIDs, IDs and times set by the caller.
+	f := auditing.NewChain("pool-f", mac)
+	var uuids []string
+	for range 300 {
+		uuids = append(uuids, uuid.NewString())
+	}
+	require.NoError(t, f.Append(alice, auditing.NewEvents(alice, auditing.ActionRead, "patients", []string{"name"}, uuids...), sink.Write))
+	lookalikes := auditing.NewEvents(alice, auditing.ActionRead, "patients", []string{"name"}, uuids[0], strings.ToUpper(uuids[1]), "{"+uuids[2]+"}")
+	require.NoError(t, f.Append(alice, lookalikes, sink.Write))
+	preset := auditing.NewEvents(alice, auditing.ActionRead, "patients", nil, "x", "y", "z")
+	preset[0].ID = uuid.New()
+	preset[2].Time = time.Date(2020, 1, 2, 3, 4, 5, 6000, time.UTC)
+	require.NoError(t, f.Append(alice, preset, sink.Write))
+
 	require.Equal(t, 3, countRows(t, pool, "WHERE stream = 'pool-a'"), "one row per batch")
+	require.Equal(t, 4, countRows(t, pool, "WHERE stream = 'pool-f'"), "a batch's events share their time")
 	require.Equal(t, 3, countRows(t, pool, "WHERE stream = 'pool-b'"))
 	require.Equal(t, 11, countRows(t, pool, "WHERE stream = 'pool-c'"), "mixed batch: 5 rows, unshared: 5")
 	require.Equal(t, 2, countRows(t, pool, "WHERE stream IN ('pool-d', 'pool-e')"))
@@ -116,13 +133,13 @@ func TestPostgresRoundTrip(t *testing.T) {
 	got, err := auditing.ReadPostgres(ctx, pool)
 	require.NoError(t, err)
 	want := sortEvents(rec.all())
-	require.Len(t, got, 10000+3+5+1+1+7+7+2+5+3)
+	require.Len(t, got, 10000+3+5+1+1+7+7+2+5+3+300+3+3)
 	require.Equal(t, want, got, "PostgreSQL round trip is exact")
 
-	heads := []auditing.Checkpoint{a.Head(), b.Head(), c.Head(), d.Head(), e.Head()}
+	heads := []auditing.Checkpoint{a.Head(), b.Head(), c.Head(), d.Head(), e.Head(), f.Head()}
 	r := auditing.Verify(got, mac, heads)
 	require.True(t, r.OK(), r.String())
-	require.Equal(t, fmt.Sprintf("intact: %d events, 5 streams", len(got)), r.String())
+	require.Equal(t, fmt.Sprintf("intact: %d events, 6 streams", len(got)), r.String())
 
 	for _, h := range heads {
 		cp, ok, err := auditing.LastPostgres(ctx, pool, h.Stream)
@@ -134,6 +151,18 @@ func TestPostgresRoundTrip(t *testing.T) {
 	require.NoError(t, err)
 	require.False(t, ok)
 	require.Equal(t, auditing.Checkpoint{Stream: "nobody"}, cp)
+}
+
+// Init refuses an audit table of the earlier layout, with parallel arrays.
+func TestPostgresInitRefusesEarlierLayout(t *testing.T) {
+	ctx := context.Background()
+	pool, err := pgxpool.New(ctx, pgtestDatabase(t))
+	require.NoError(t, err)
+	defer pool.Close()
+	_, err = pool.Exec(ctx, "CREATE TABLE phidb_audit (stream text, first_seq bigint, seqs bigint[])")
+	require.NoError(t, err)
+	err = auditing.Init(ctx, pool)
+	require.ErrorContains(t, err, "the table phidb_audit has the layout of an earlier phidb version")
 }
 
 // The triggers refuse UPDATE, DELETE and TRUNCATE; INSERT still works.
@@ -185,28 +214,40 @@ func TestPostgresTamperedCopy(t *testing.T) {
 	ctx := context.Background()
 	pool, mac, heads := tamperLog(t)
 
-	all := func(f func(col string) string) string {
-		var parts []string
-		for _, c := range []string{"ids", "seqs", "times", "pks", "hashes"} {
-			parts = append(parts, f(c))
-		}
-		return strings.Join(parts, ", ")
-	}
-	dropFirst := all(func(c string) string { return c + " = " + c + "[2:]" })
-	dropFifth := all(func(c string) string { return c + " = " + c + "[1:4] || " + c + "[6:]" })
-
+	// The per-event columns are packed (see SchemaSQL). The primary keys of
+	// tamperLog's rows are "s-0", "s-1", ...: after the format byte, each is
+	// 4 bytes (length, then 3 bytes), so the 5th starts at byte 18. Hashes
+	// are 37 bytes. pg_temp.explicit_ids turns the IDs of a row of n events
+	// into one 16-byte ID per event.
 	cases := []struct {
 		name, sql string
 		seq       uint64
 		kind      string
 	}{
 		{"actor id of seq 7 changed", "UPDATE phidb_audit SET actor_id = 'mallory' WHERE stream = 's' AND first_seq = 7", 7, auditing.KindAltered},
-		{"pk of seq 15 changed", "UPDATE phidb_audit SET pks[5] = 'someone else' WHERE stream = 's' AND first_seq = 11", 15, auditing.KindAltered},
-		{"time of seq 15 changed", "UPDATE phidb_audit SET times[5] = times[5] - interval '1 hour' WHERE stream = 's' AND first_seq = 11", 15, auditing.KindAltered},
+		{"pk of seq 15 changed", `UPDATE phidb_audit SET pks = overlay(pks PLACING '\x0c'::bytea || convert_to('someone else', 'UTF8') FROM 18 FOR 4)
+			WHERE stream = 's' AND first_seq = 11`, 15, auditing.KindAltered},
+		{"id of seq 15 changed", `UPDATE phidb_audit SET ids = overlay(pg_temp.explicit_ids(ids, 10) PLACING uuid_send(gen_random_uuid()) FROM 65 FOR 16)
+			WHERE stream = 's' AND first_seq = 11`, 15, auditing.KindAltered},
+		{"ids of seqs 16-20 made explicit", `UPDATE phidb_audit SET ids = pg_temp.explicit_ids(ids, 10)
+			WHERE stream = 's' AND first_seq = 11`, 0, ""},
+		{"time of seqs 11-20 changed", "UPDATE phidb_audit SET event_time = event_time - interval '1 hour' WHERE stream = 's' AND first_seq = 11", 11, auditing.KindAltered},
 		{"columns of seqs 7-10 changed", "UPDATE phidb_audit SET column_names = '{name}' WHERE stream = 's' AND first_seq = 7", 7, auditing.KindAltered},
-		{"hash of seq 7 replaced", "UPDATE phidb_audit SET hashes[1] = hashes[2] WHERE stream = 's' AND first_seq = 7", 7, auditing.KindAltered},
-		{"seq 7 deleted", "UPDATE phidb_audit SET first_seq = 8, prev_hash = hashes[1], " + dropFirst + " WHERE stream = 's' AND first_seq = 7", 7, auditing.KindMissing},
-		{"seq 15 deleted", "UPDATE phidb_audit SET " + dropFifth + " WHERE stream = 's' AND first_seq = 11", 15, auditing.KindMissing},
+		{"hash of seq 7 replaced", "UPDATE phidb_audit SET hashes = overlay(hashes PLACING substring(hashes FROM 38 FOR 37) FROM 1 FOR 37) WHERE stream = 's' AND first_seq = 7", 7, auditing.KindAltered},
+		{"seq 7 deleted", `UPDATE phidb_audit SET first_seq = 8, prev_hash = substring(hashes FROM 1 FOR 37),
+			ids = substring(pg_temp.explicit_ids(ids, 4) FROM 17), pks = overlay(pks PLACING ''::bytea FROM 2 FOR 4),
+			hashes = substring(hashes FROM 38) WHERE stream = 's' AND first_seq = 7`, 7, auditing.KindMissing},
+		{"seq 15 deleted", `INSERT INTO phidb_audit (stream, first_seq, last_seq, prev_hash, event_time, actor_id, actor_role, action,
+				table_name, column_names, purpose, client_addr, request_id, outcome, reason, ids, pks, hashes, written_at)
+			SELECT stream, 16, 20, substring(hashes FROM 149 FOR 37), event_time, actor_id, actor_role, action,
+				table_name, column_names, purpose, client_addr, request_id, outcome, reason,
+				substring(pg_temp.explicit_ids(ids, 10) FROM 81), '\x00'::bytea || substring(pks FROM 22), substring(hashes FROM 186), written_at
+			FROM phidb_audit WHERE stream = 's' AND first_seq = 11;
+			UPDATE phidb_audit SET last_seq = 14, ids = substring(pg_temp.explicit_ids(ids, 10) FROM 1 FOR 64),
+				pks = substring(pks FROM 1 FOR 17), hashes = substring(hashes FROM 1 FOR 148) WHERE stream = 's' AND first_seq = 11`, 15, auditing.KindMissing},
+		{"seq 15 cut out of its batch, the later ones renumbered", `UPDATE phidb_audit SET last_seq = 19,
+			ids = overlay(pg_temp.explicit_ids(ids, 10) PLACING ''::bytea FROM 65 FOR 16), pks = overlay(pks PLACING ''::bytea FROM 18 FOR 4),
+			hashes = overlay(hashes PLACING ''::bytea FROM 149 FOR 37) WHERE stream = 's' AND first_seq = 11`, 15, auditing.KindAltered},
 		{"batch 7-10 deleted", "DELETE FROM phidb_audit WHERE stream = 's' AND first_seq = 7", 7, auditing.KindMissing},
 		{"tail 11-20 deleted", "DELETE FROM phidb_audit WHERE stream = 's' AND first_seq = 11", 11, auditing.KindTruncated},
 	}
@@ -220,6 +261,7 @@ func TestPostgresTamperedCopy(t *testing.T) {
 				"CREATE SCHEMA " + schema,
 				"CREATE TABLE " + schema + ".phidb_audit AS SELECT * FROM public.phidb_audit",
 				"SET search_path = " + schema,
+				explicitIDsSQL,
 				tc.sql,
 			} {
 				_, err := conn.Exec(ctx, sql)
@@ -230,6 +272,10 @@ func TestPostgresTamperedCopy(t *testing.T) {
 			events, err := auditing.ReadPostgres(ctx, conn)
 			require.NoError(t, err)
 			r := auditing.Verify(events, mac, heads)
+			if tc.kind == "" {
+				require.True(t, r.OK(), r.String())
+				return
+			}
 			requireProblem(t, r, "s", tc.seq, tc.kind)
 			require.NotContains(t, r.String(), "mallory")
 			require.NotContains(t, r.String(), "someone else")
@@ -241,6 +287,19 @@ func TestPostgresTamperedCopy(t *testing.T) {
 	require.NoError(t, err)
 	require.True(t, auditing.Verify(events, mac, heads).OK())
 }
+
+// explicitIDsSQL defines pg_temp.explicit_ids(ids, n), which returns the IDs
+// of a row of n events as n 16-byte IDs, expanding a first ID that stands
+// for all (event i's ID is the first with i added to its 62 random bits).
+const explicitIDsSQL = `CREATE OR REPLACE FUNCTION pg_temp.explicit_ids(ids bytea, n int) RETURNS bytea
+LANGUAGE sql IMMUTABLE AS $$
+	SELECT CASE WHEN octet_length(ids) = 16 * n THEN ids ELSE (
+		SELECT string_agg(substring(ids FROM 1 FOR 8) || int8send((lo & ~x'3fffffffffffffff'::bigint)
+			| (((lo & x'3fffffffffffffff'::bigint) + i) & x'3fffffffffffffff'::bigint)), ''::bytea ORDER BY i)
+		FROM generate_series(0, n - 1) AS i,
+			LATERAL (SELECT ('x' || encode(substring(ids FROM 9 FOR 8), 'hex'))::bit(64)::bigint AS lo) AS l)
+	END
+$$`
 
 // A superuser (or the table owner) can disable the triggers; the chain
 // still gives them away.

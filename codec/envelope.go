@@ -53,16 +53,13 @@ func AppendPart(dst, p []byte) []byte {
 }
 
 // Seal encrypts plaintext bound to aad and returns the envelope:
-// the version byte followed by Tink's AEAD output.
+// the version byte followed by Tink's AEAD output. The envelope is the only
+// allocation: the keyring's [keys.Sealer] writes Tink's output (prefix,
+// nonce, ciphertext, tag) straight behind the version byte.
 func (c *Codec) Seal(plaintext, aad []byte) ([]byte, error) {
-	ct, err := c.keys.AEAD().Encrypt(plaintext, aad)
-	if err != nil {
-		return nil, err
-	}
-	env := make([]byte, 1+len(ct))
+	env := make([]byte, 1, Overhead+len(plaintext))
 	env[0] = Version
-	copy(env[1:], ct)
-	return env, nil
+	return c.keys.DataSealer().Seal(env, plaintext, aad)
 }
 
 // Open authenticates and decrypts an envelope bound to aad. The returned
@@ -94,4 +91,21 @@ func KeyID(env []byte) uint32 {
 		return 0
 	}
 	return binary.BigEndian.Uint32(env[2:6])
+}
+
+// Envelope holds a sealed value for a database driver. A *Envelope is what
+// phidb passes to pgx for an encrypted column: unlike a []byte, a pointer
+// fits in an interface value without an allocation, and pgx encodes it as
+// bytea through its BytesValue method (pgx's pgtype.BytesValuer). Where pgx
+// has no bytea plan for the column (unknown type OIDs, the simple protocol),
+// it dereferences the pointer and falls back to the underlying []byte. A
+// nil *Envelope or a nil Envelope is SQL NULL.
+type Envelope []byte
+
+// BytesValue returns the envelope's bytes, not a copy.
+func (e *Envelope) BytesValue() ([]byte, error) {
+	if e == nil {
+		return nil, nil
+	}
+	return *e, nil
 }

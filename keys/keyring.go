@@ -138,6 +138,14 @@ type version struct {
 	aead tink.AEAD
 	prf  prf.Set
 	mac  tink.MAC
+
+	// sealer encrypts with the primary key, as aead does, for bulk writes
+	// (data slot only).
+	sealer *Sealer
+
+	// chainMAC computes tags with the primary key, as mac does, for the
+	// audit hash chain (audit slot only).
+	chainMAC *ChainMAC
 }
 
 // newVersion validates h for slot s and builds its primitive. Every failure
@@ -153,6 +161,7 @@ func newVersion(s slot, h *keyset.Handle) (*version, error) {
 		enabled: make(map[uint32]struct{}, h.Len()),
 	}
 	hasPrimary := false
+	var primaryKey key.Key
 	for i := range h.Len() {
 		e, err := h.Entry(i)
 		if err != nil {
@@ -178,6 +187,7 @@ func newVersion(s slot, h *keyset.Handle) (*version, error) {
 				return nil, fmt.Errorf("%w: %s keyset: primary key %d is not enabled", ErrCorrupt, spec.name, id)
 			}
 			v.primary = id
+			primaryKey = e.Key()
 			hasPrimary = true
 		}
 		v.infos = append(v.infos, info)
@@ -189,14 +199,20 @@ func newVersion(s slot, h *keyset.Handle) (*version, error) {
 	var err error
 	switch s {
 	case slotData:
-		v.aead, err = aead.New(h)
+		if v.aead, err = aead.New(h); err == nil {
+			// checkDataKey has accepted it: an *aesgcm.Key.
+			v.sealer, err = newSealer(primaryKey.(*aesgcm.Key), v.primary)
+		}
 	case slotBIDX:
 		var set *prf.Set
 		if set, err = prf.NewPRFSet(h); err == nil {
 			v.prf = *set
 		}
 	case slotAudit:
-		v.mac, err = mac.New(h)
+		if v.mac, err = mac.New(h); err == nil {
+			// checkAuditKey has accepted it: an *hmac.Key.
+			v.chainMAC, err = newChainMAC(primaryKey.(*hmac.Key), v.primary, v.mac)
+		}
 	}
 	if err != nil {
 		// Tink's factory errors describe key types and ids only; keep them out
@@ -284,6 +300,12 @@ func Generate() (*Keyring, error) {
 // The primitive is built once per keyset version; after a rotation, call
 // AEAD again to get the new one (do not cache it).
 func (k *Keyring) AEAD() tink.AEAD { return k.get(slotData).aead }
+
+// DataSealer returns the encryption fast path of the data keyset: a
+// [Sealer] over its primary key, which appends to a caller's buffer what
+// AEAD().Encrypt would return. It is built once per keyset version; after a
+// rotation, call DataSealer again to get the new one (do not cache it).
+func (k *Keyring) DataSealer() *Sealer { return k.get(slotData).sealer }
 
 // PrimaryDataKeyID returns the id of the data key that AEAD encrypts with.
 // A concurrent rotation may change it between two calls; to know which key

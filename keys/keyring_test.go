@@ -4,10 +4,12 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"runtime"
 	"slices"
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 )
@@ -296,6 +298,11 @@ func TestConcurrentRotation(t *testing.T) {
 		rotated = append(rotated, id)
 		_, err = kr.RotatePRF()
 		require.NoError(t, err)
+		// Let the workers run under each version, so rotations really
+		// interleave with use.
+		for before, deadline := ops.Load(), time.Now().Add(5*time.Second); ops.Load() < before+8 && time.Now().Before(deadline); {
+			runtime.Gosched()
+		}
 	}
 	stop.Store(true)
 	wg.Wait()

@@ -3,10 +3,12 @@ package phidb_test
 import (
 	"bytes"
 	"context"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -276,7 +278,9 @@ func TestAuditHoldsNoPlaintext(t *testing.T) {
 
 	var table string
 	require.NoError(t, db.QueryRow(ctx, "SELECT string_agg(a::text, '|') FROM phidb_audit a").Scan(&table))
-	require.Contains(t, table, rows[0].ID.String())
+	// Primary keys that are UUIDs are stored as their 16 bytes (see
+	// auditing.SchemaSQL).
+	require.Contains(t, table, hex.EncodeToString(rows[0].ID[:]))
 	for _, s := range sampleSecrets {
 		require.NotContains(t, table, s)
 		require.NotContains(t, out.String(), s)
@@ -367,4 +371,82 @@ func TestAuditWritesShareTheTransaction(t *testing.T) {
 	require.NoError(t, db.QueryRow(ctx, "SELECT count(*) FROM everything").Scan(&n))
 	require.Equal(t, 1, n)
 	require.True(t, auditing.Verify(events, kr.AuditMAC(), nil).OK())
+}
+
+type auditedNote struct {
+	ID   uuid.UUID `db:"id" phi:"pk"`
+	Text string    `db:"text" phi:"encrypt"`
+}
+
+func (auditedNote) TableName() string { return "audited_notes" }
+
+type auditedCode struct {
+	Code string `db:"code" phi:"pk"`
+	Text string `db:"text" phi:"encrypt"`
+}
+
+func (auditedCode) TableName() string { return "audited_codes" }
+
+// Large reads record one event per row, in row order, with the primary
+// key as Schema.PKString prints it, read after read (the events of large
+// reads are built in reused buffers), with or without another sink.
+func TestAuditLargeReads(t *testing.T) {
+	for _, withSink := range []bool{false, true} {
+		t.Run(fmt.Sprint("sink=", withSink), func(t *testing.T) {
+			kr := testKeys(t)
+			var cfg phidb.Config
+			var out bytes.Buffer
+			if withSink {
+				cfg.AuditSink = auditing.NewJSONSink(&out)
+			}
+			db := auditedPool(t, pgtest.NewDatabase(t), kr, cfg,
+				`CREATE TABLE audited_notes (id uuid PRIMARY KEY, text bytea)`,
+				`CREATE TABLE audited_codes (code text PRIMARY KEY, text bytea)`)
+			ctx := clinician(context.Background())
+			notes := make([]auditedNote, 700)
+			codes := make([]auditedCode, 300)
+			for i := range notes {
+				notes[i] = auditedNote{ID: uuid.New(), Text: fmt.Sprint("note ", i)}
+			}
+			for i := range codes {
+				codes[i] = auditedCode{Code: fmt.Sprintf("c-%03d \"ü\"", i), Text: fmt.Sprint("code ", i)}
+			}
+			_, err := phidb.InsertMany(ctx, db, notes)
+			require.NoError(t, err)
+			_, err = phidb.InsertMany(ctx, db, codes)
+			require.NoError(t, err)
+
+			var want []string
+			for range 3 {
+				got, err := phidb.Select[auditedNote](ctx, db, "SELECT * FROM audited_notes ORDER BY id")
+				require.NoError(t, err)
+				require.Len(t, got, len(notes))
+				for _, n := range got {
+					want = append(want, n.ID.String())
+				}
+				gotCodes, err := phidb.Select[auditedCode](ctx, db, "SELECT * FROM audited_codes ORDER BY code")
+				require.NoError(t, err)
+				require.Len(t, gotCodes, len(codes))
+				for _, c := range gotCodes {
+					want = append(want, strconv.Quote(c.Code))
+				}
+			}
+			events := storedEvents(t, db)
+			var reads []string
+			for _, e := range events {
+				if e.Action == auditing.ActionRead {
+					require.Equal(t, auditing.Actor{ID: "u-1842", Role: "clinician"}, e.Actor)
+					require.Equal(t, []string{e.Columns[0], "text"}, e.Columns)
+					reads = append(reads, e.PK)
+				}
+			}
+			require.Equal(t, want, reads)
+			require.True(t, auditing.Verify(events, kr.AuditMAC(), []auditing.Checkpoint{db.AuditHead()}).OK())
+			if withSink {
+				fromJSON, err := auditing.ReadJSON(strings.NewReader(out.String()))
+				require.NoError(t, err)
+				require.Equal(t, events, fromJSON)
+			}
+		})
+	}
 }

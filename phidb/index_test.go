@@ -96,12 +96,11 @@ func TestLookupExactAt8And32Bits(t *testing.T) {
 			require.Empty(t, none)
 		})
 	}
-	// At 8 bits the index really collides: the server returns extra rows
-	// that phidb drops.
-	var candidates int
-	require.NoError(t, db.QueryRow(ctx, "SELECT count(*) FROM contacts WHERE email_b8 = (SELECT email_b8 FROM contacts LIMIT 1)").Scan(&candidates))
-	first := rows[0].Email
-	require.Greater(t, candidates, want[strings.ToLower(strings.TrimSpace(first))])
+	// At 8 bits the index really collides: 400 distinct emails share at most
+	// 256 index values, so lookups above had false positives to drop.
+	var values int
+	require.NoError(t, db.QueryRow(ctx, "SELECT count(DISTINCT email_b8) FROM contacts").Scan(&values))
+	require.Less(t, values, distinct)
 
 	// Lookup by field name uses the field's first index.
 	got, err := phidb.Lookup[contact](ctx, db, "Email", "patient0001@clinic.example")

@@ -8,6 +8,7 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgtype"
 
 	"github.com/phidb/phidb/codec"
 )
@@ -109,16 +110,34 @@ func (m *model) fillPK(root reflect.Value) error {
 // rowArgs appends to dst one value per column of m.columns: fields, with
 // encrypted ones sealed, then blind-index values. A tagged field that cannot
 // be sealed is an error: nothing is ever sent for it in plaintext.
+//
+// An envelope goes to pgx as a *codec.Envelope into one per-row array rather
+// than as a []byte, whose boxing into an interface would allocate once per
+// field; SQL NULL goes as an untyped nil.
 func (m *model) rowArgs(e *engine, root reflect.Value, dst []any, pk, buf *[]byte) ([]any, error) {
 	c := e.codec
 	*pk = m.s.PKBytes((*pk)[:0], root)
+	var envs []codec.Envelope
+	if n := len(m.s.Encrypted); n > 0 {
+		envs = make([]codec.Envelope, 0, n)
+	}
 	for _, f := range m.s.Fields {
 		if !f.Encrypt {
 			v := f.Value(root)
 			if f.Type == uuidType {
-				// pgx encodes [16]byte directly; uuid.UUID goes through
-				// driver.Valuer and a string, several times slower in COPY.
-				dst = append(dst, [16]byte(v.Interface().(uuid.UUID)))
+				// pgx encodes pgtype.UUID directly (in COPY, in binary and
+				// text parameters, and in the simple protocol); uuid.UUID
+				// goes through driver.Valuer and a string, several times
+				// slower in COPY, and a [16]byte has no text encoding for
+				// parameters of unknown type (QueryExecModeExec,
+				// QueryExecModeSimpleProtocol).
+				u := pgtype.UUID{Valid: true}
+				if v.CanAddr() {
+					copy(u.Bytes[:], v.Bytes()) // in place; Interface would copy to the heap
+				} else {
+					u.Bytes = v.Interface().(uuid.UUID)
+				}
+				dst = append(dst, u)
 			} else {
 				dst = append(dst, v.Interface())
 			}
@@ -131,7 +150,10 @@ func (m *model) rowArgs(e *engine, root reflect.Value, dst []any, pk, buf *[]byt
 		if env == nil {
 			dst = append(dst, nil)
 		} else {
-			dst = append(dst, env)
+			// len(envs) < cap(envs): never reallocated, so earlier
+			// pointers into it stay valid.
+			envs = append(envs, env)
+			dst = append(dst, &envs[len(envs)-1])
 		}
 	}
 	for _, mi := range m.indexes {

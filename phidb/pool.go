@@ -106,7 +106,7 @@ func NewWithConfig(ctx context.Context, pc *pgxpool.Config, cfg Config) (*Pool, 
 			}
 			stream = id.String()
 		}
-		a := &auditor{chain: auditing.NewChain(stream, cfg.Keys.AuditMAC()), sink: cfg.AuditSink}
+		a := &auditor{chain: auditing.NewChain(stream, cfg.Keys.AuditChainMAC()), sink: cfg.AuditSink}
 		if cfg.AuditPostgres {
 			a.pg, a.pool = auditing.NewPostgresSink(p), p
 		}

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"sync"
 
+	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgtype"
@@ -174,16 +175,51 @@ func query[T any](ctx context.Context, q Querier, limit int, sql string, args []
 		return nil, err
 	}
 	if e.audit != nil && len(out) > 0 {
-		pks := make([]string, len(out))
-		for i := range out {
-			pks[i] = s.PKString(reflect.ValueOf(&out[i]).Elem())
-		}
-		if err := e.audit.record(ctx, auditing.NewEvents(ctx, action, s.Table, cols, pks...), nil); err != nil {
+		events, done := e.audit.newEvents(ctx, action, s.Table, cols, pkStrings(s, out))
+		err := e.audit.record(ctx, events, nil)
+		done()
+		if err != nil {
 			clear(out) // nothing unaudited is returned, nor left in memory
 			return nil, err
 		}
 	}
 	return out, nil
+}
+
+// pkStrings returns the printable primary keys of rows, for audit events,
+// as Schema.PKString formats them. UUID keys are formatted into one string
+// that the keys share.
+func pkStrings[T any](s *codec.Schema, rows []T) []string {
+	pks := make([]string, len(rows))
+	if s.PK != nil && s.PK.Type == reflect.TypeFor[uuid.UUID]() {
+		const n = 36 // the length of a UUID's text
+		buf := make([]byte, 0, n*len(rows))
+		for i := range rows {
+			buf = appendUUIDText(buf, s.PK.Value(reflect.ValueOf(&rows[i]).Elem()).Bytes())
+		}
+		all := string(buf)
+		for i := range pks {
+			pks[i] = all[n*i : n*(i+1)]
+		}
+		return pks
+	}
+	for i := range rows {
+		pks[i] = s.PKString(reflect.ValueOf(&rows[i]).Elem())
+	}
+	return pks
+}
+
+// appendUUIDText appends the text of the UUID u, as uuid.UUID.String
+// writes it.
+func appendUUIDText(dst, u []byte) []byte {
+	const digits = "0123456789abcdef"
+	for i, c := range u[:16] {
+		if i == 4 || i == 6 || i == 8 || i == 10 {
+			dst = append(dst, '-')
+		}
+		dst = append(dst, digits[c>>4], digits[c&0x0f])
+	}
+	return dst
 }
 
 // read runs the query and decrypts the rows; it returns them with the names
