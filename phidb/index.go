@@ -34,6 +34,10 @@ type modelIndex struct {
 	spec   blindindex.Spec
 	fields []*codec.Field
 	norm   blindindex.Normalizer
+	// lookupOne and lookupAny select the model's columns by this index's
+	// value: "= $1" when one PRF key is enabled (what the planner serves
+	// best), "= ANY($1)" during a rotation.
+	lookupOne, lookupAny string
 }
 
 // modelIndexes reads and checks a model's blind indexes, so that a bad
@@ -235,8 +239,14 @@ func resolveMatches(e *engine, m *model, args []any) ([]any, []match, error) {
 	var matches []match
 	var out []any
 	for i, a := range args {
-		ma, ok := a.(MatchArg)
-		if !ok {
+		var ma MatchArg
+		var pre []int64
+		switch a := a.(type) {
+		case MatchArg:
+			ma = a
+		case lookupArg:
+			ma, pre = a.MatchArg, a.vals
+		default:
 			continue
 		}
 		if m == nil {
@@ -259,14 +269,21 @@ func resolveMatches(e *engine, m *model, args []any) ([]any, []match, error) {
 			}
 			parts[j], want[j] = text, mi.norm(text)
 		}
-		vals, err := ix.Values(parts...)
-		if err != nil {
-			return nil, nil, fmt.Errorf("phidb: %s index %s: %w", m.s.Table, mi.spec.Name, err)
-		}
 		if out == nil {
 			out = append([]any(nil), args...)
 		}
-		out[i] = vals
+		switch {
+		case len(pre) == 1:
+			out[i] = pre[0]
+		case pre != nil:
+			out[i] = pre
+		default:
+			vals, err := ix.Values(parts...)
+			if err != nil {
+				return nil, nil, fmt.Errorf("phidb: %s index %s: %w", m.s.Table, mi.spec.Name, err)
+			}
+			out[i] = vals
+		}
 		matches = append(matches, match{mi: mi, want: want, param: i})
 	}
 	if out == nil {
@@ -303,6 +320,13 @@ func LookupIndex[T any](ctx context.Context, q Querier, index string, parts ...a
 	return lookup[T](ctx, q, MatchIndex(index, parts...))
 }
 
+// lookupArg is a MatchArg whose index values lookup has computed, so that
+// the SQL can fit their number.
+type lookupArg struct {
+	MatchArg
+	vals []int64
+}
+
 func lookup[T any](ctx context.Context, q Querier, arg MatchArg) ([]T, error) {
 	m, err := modelFor(reflect.TypeFor[T]())
 	if err != nil {
@@ -312,16 +336,37 @@ func lookup[T any](ctx context.Context, q Querier, arg MatchArg) ([]T, error) {
 	if err != nil {
 		return nil, err
 	}
-	return query[T](ctx, q, -1, m.lookupSQL(mi), []any{arg})
+	ix, err := q.engine().index(m, mi)
+	if err != nil {
+		return nil, err
+	}
+	parts := make([]string, len(arg.parts))
+	for i, p := range arg.parts {
+		text, ok := partText(reflect.ValueOf(p))
+		if !ok {
+			return nil, fmt.Errorf("phidb: blind index %s: a lookup value is nil", mi.spec.Name)
+		}
+		parts[i] = text
+	}
+	vals, err := ix.Values(parts...)
+	if err != nil {
+		return nil, fmt.Errorf("phidb: %s index %s: %w", m.s.Table, mi.spec.Name, err)
+	}
+	sql := mi.lookupAny
+	if len(vals) == 1 {
+		sql = mi.lookupOne
+	}
+	return query[T](ctx, q, -1, sql, []any{lookupArg{arg, vals}})
 }
 
-// lookupSQL selects the model's columns by one index.
-func (m *model) lookupSQL(mi *modelIndex) string {
+// setLookupSQL builds the statements that select m's columns by mi.
+func (m *model) setLookupSQL(mi *modelIndex) {
 	cols := make([]string, len(m.s.Fields))
 	for i, f := range m.s.Fields {
 		cols[i] = pgx.Identifier{f.Column}.Sanitize()
 	}
-	return fmt.Sprintf("SELECT %s FROM %s WHERE %s = ANY($1)", strings.Join(cols, ", "), m.table.Sanitize(), pgx.Identifier{mi.spec.Name}.Sanitize())
+	base := fmt.Sprintf("SELECT %s FROM %s WHERE %s", strings.Join(cols, ", "), m.table.Sanitize(), pgx.Identifier{mi.spec.Name}.Sanitize())
+	mi.lookupOne, mi.lookupAny = base+" = $1", base+" = ANY($1)"
 }
 
 // ReindexOptions control Reindex.

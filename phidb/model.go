@@ -54,6 +54,7 @@ func modelFor(t reflect.Type) (*model, error) {
 	}
 	for _, ix := range m.indexes {
 		m.columns = append(m.columns, ix.spec.Name)
+		m.setLookupSQL(ix)
 	}
 	quoted := make([]string, len(m.columns))
 	params := make([]string, len(m.columns))

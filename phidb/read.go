@@ -160,7 +160,8 @@ func query[T any](ctx context.Context, q Querier, limit int, sql string, args []
 	}
 	action := auditing.ActionRead
 	for _, a := range args {
-		if _, ok := a.(MatchArg); ok {
+		switch a.(type) {
+		case MatchArg, lookupArg:
 			action = auditing.ActionLookup
 		}
 	}
