@@ -86,8 +86,8 @@ func benchData(b *testing.B, n int) ([]benchPatient, []benchPatientPlain) {
 }
 
 // benchCopyPlain writes the plaintext rows with raw pgx COPY, converting the
-// structs to rows as a pgx user would. The key goes as [16]byte, as phidb
-// sends it: pgx encodes a uuid.UUID through its driver.Valuer string, a
+// structs to rows as a pgx user would. The key goes in binary form
+// ([16]byte), as phidb sends it: pgx encodes a uuid.UUID through its driver.Valuer string, a
 // failed encode (with a formatted error) and a re-scan, which costs more
 // than the rest of the row (see benchCopyPlainUUID).
 func benchCopyPlain(ctx context.Context, db *phidb.Pool, rows []benchPatientPlain) (int64, error) {

@@ -110,10 +110,11 @@ func Delete[T any](ctx context.Context, q Querier, pk any) error {
 }
 
 // InsertMany writes rows (structs or pointers to structs) in one round trip
-// with COPY. Zero UUID primary keys are set in rows. Rows are sealed on every
-// CPU, a chunk at a time, while pgx streams the chunks before them to the
-// server; if any row cannot be sealed, the COPY is aborted and nothing is
-// written. It returns the number of rows written.
+// with COPY. Zero UUID primary keys are set in rows. Rows are sealed a chunk
+// at a time, by pgx's COPY goroutine and, on machines with more than two
+// CPUs, by workers ahead of it, while earlier chunks stream to the server;
+// if any row cannot be sealed, the COPY is aborted and nothing is written.
+// It returns the number of rows written.
 func InsertMany[T any](ctx context.Context, q Querier, rows []T) (int64, error) {
 	if len(rows) == 0 {
 		return 0, nil

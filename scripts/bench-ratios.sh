@@ -165,7 +165,7 @@ function maxof(arr, name, n,    i, m) { m = arr[name, 1]; for (i = 2; i <= n; i+
 END {
 	print "=== summary (medians) ==="
 	ratio("Select10k: phidb.Select vs pgx.CollectRows", "BenchmarkSelect10k/phidb", "BenchmarkSelect10k/pgx", 1.3)
-	ratio("InsertMany10k: phidb.InsertMany vs pgx CopyFrom (key as [16]byte, as phidb sends it)", "BenchmarkInsertMany10k/phidb", "BenchmarkInsertMany10k/pgx-copy", 1.5)
+	ratio("InsertMany10k: phidb.InsertMany vs pgx CopyFrom (key in binary form, as phidb sends it)", "BenchmarkInsertMany10k/phidb", "BenchmarkInsertMany10k/pgx-copy", 1.5)
 	if (nns["BenchmarkInsertMany10k/pgx-copy-uuid"] > 0) {
 		print "  for information, pgx CopyFrom with the key as uuid.UUID (pgx encodes it through driver.Valuer):"
 		m = side("BenchmarkInsertMany10k/pgx-copy-uuid")
