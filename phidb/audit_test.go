@@ -294,15 +294,17 @@ func TestAuditSinkFailureFailsRead(t *testing.T) {
 	kr := testKeys(t)
 	ctx := clinician(context.Background())
 	cs := pgtest.NewDatabase(t)
+	// Roles are cluster-wide: a name of its own for each run.
+	role := "app_" + strings.ReplaceAll(uuid.NewString()[:8], "-", "")
 	admin := auditedPool(t, cs, kr, phidb.Config{}, everythingDDL,
-		`CREATE ROLE app LOGIN PASSWORD 'app-pw'`,
-		`GRANT SELECT, INSERT, UPDATE, DELETE ON everything TO app`,
-		`GRANT SELECT, INSERT ON phidb_audit TO app`)
+		`CREATE ROLE `+role+` LOGIN PASSWORD 'app-pw'`,
+		`GRANT SELECT, INSERT, UPDATE, DELETE ON everything TO `+role,
+		`GRANT SELECT, INSERT ON phidb_audit TO `+role)
 	rows := sampleRows()
 	_, err := phidb.InsertMany(ctx, admin, rows)
 	require.NoError(t, err)
 
-	appCS := strings.Replace(cs, "user=postgres", "user=app", 1)
+	appCS := strings.Replace(cs, "user=postgres", "user="+role, 1)
 	appCS = appCS[:strings.Index(appCS, "password=")] + "password=app-pw " + appCS[strings.Index(appCS, "dbname="):]
 	app, err := phidb.New(ctx, appCS, phidb.Config{Keys: kr, AuditPostgres: true})
 	require.NoError(t, err)
@@ -311,7 +313,7 @@ func TestAuditSinkFailureFailsRead(t *testing.T) {
 	require.NoError(t, err)
 	require.Len(t, got, 2)
 
-	_, err = admin.Exec(ctx, "REVOKE INSERT ON phidb_audit FROM app")
+	_, err = admin.Exec(ctx, "REVOKE INSERT ON phidb_audit FROM "+role)
 	require.NoError(t, err)
 	got, err = phidb.Select[everything](ctx, app, "SELECT * FROM everything")
 	require.Error(t, err)
