@@ -204,6 +204,19 @@ func Match(field string, value any) MatchArg { return MatchArg{field: field, par
 // equal to parts, in the index's field order.
 func MatchIndex(index string, parts ...any) MatchArg { return MatchArg{index: index, parts: parts} }
 
+// texts returns the text of each lookup value, as the index hashes it.
+func (a MatchArg) texts(mi *modelIndex) ([]string, error) {
+	parts := make([]string, len(a.parts))
+	for i, p := range a.parts {
+		text, ok := partText(reflect.ValueOf(p))
+		if !ok {
+			return nil, fmt.Errorf("phidb: blind index %s: a lookup value is nil", mi.spec.Name)
+		}
+		parts[i] = text
+	}
+	return parts, nil
+}
+
 // match is a MatchArg resolved against a model.
 type match struct {
 	mi    *modelIndex
@@ -260,14 +273,13 @@ func resolveMatches(e *engine, m *model, args []any) ([]any, []match, error) {
 		if err != nil {
 			return nil, nil, err
 		}
-		parts := make([]string, len(ma.parts))
-		want := make([]string, len(ma.parts))
-		for j, p := range ma.parts {
-			text, ok := partText(reflect.ValueOf(p))
-			if !ok {
-				return nil, nil, fmt.Errorf("phidb: blind index %s: a lookup value is nil", mi.spec.Name)
-			}
-			parts[j], want[j] = text, mi.norm(text)
+		parts, err := ma.texts(mi)
+		if err != nil {
+			return nil, nil, err
+		}
+		want := make([]string, len(parts))
+		for j, p := range parts {
+			want[j] = mi.norm(p)
 		}
 		if out == nil {
 			out = append([]any(nil), args...)
@@ -340,13 +352,9 @@ func lookup[T any](ctx context.Context, q Querier, arg MatchArg) ([]T, error) {
 	if err != nil {
 		return nil, err
 	}
-	parts := make([]string, len(arg.parts))
-	for i, p := range arg.parts {
-		text, ok := partText(reflect.ValueOf(p))
-		if !ok {
-			return nil, fmt.Errorf("phidb: blind index %s: a lookup value is nil", mi.spec.Name)
-		}
-		parts[i] = text
+	parts, err := arg.texts(mi)
+	if err != nil {
+		return nil, err
 	}
 	vals, err := ix.Values(parts...)
 	if err != nil {
