@@ -219,9 +219,8 @@ func (a MatchArg) texts(mi *modelIndex) ([]string, error) {
 
 // match is a MatchArg resolved against a model.
 type match struct {
-	mi    *modelIndex
-	want  []string // normalized parts
-	param int
+	mi   *modelIndex
+	want []string // normalized parts
 }
 
 func (a MatchArg) resolve(m *model) (*modelIndex, error) {
@@ -296,7 +295,7 @@ func resolveMatches(e *engine, m *model, args []any) ([]any, []match, error) {
 			}
 			out[i] = vals
 		}
-		matches = append(matches, match{mi: mi, want: want, param: i})
+		matches = append(matches, match{mi: mi, want: want})
 	}
 	if out == nil {
 		return args, nil, nil
