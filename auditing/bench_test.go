@@ -6,6 +6,7 @@ import (
 	"io"
 	"testing"
 
+	"github.com/google/uuid"
 	"github.com/stretchr/testify/require"
 
 	"github.com/phidb/phidb/auditing"
@@ -160,4 +161,26 @@ func BenchmarkJSONSinkWrite10k(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
+}
+
+// BenchmarkBatchAdd10k seals 10,000 read events with UUID keys through a
+// Batch, in chunks of 256 as phidb's reads do, without appending them.
+func BenchmarkBatchAdd10k(b *testing.B) {
+	c := auditing.NewChain("bench", newChainMAC(b))
+	u := actorCtx("bench-user")
+	template := auditing.NewEvents(u, auditing.ActionRead, "patients", []string{"name", "dob", "notes"}, "")[0]
+	pks := make([]string, 10000)
+	for i := range pks {
+		pks[i] = uuid.Must(uuid.NewV7()).String()
+	}
+	buf := make([]auditing.Event, 0, len(pks))
+	b.ReportAllocs()
+	for b.Loop() {
+		batch := c.Begin(buf)
+		for lo := 0; lo < len(pks); lo += 256 {
+			batch.Add(template, pks[lo:min(lo+256, len(pks))]...)
+		}
+		buf = batch.Events()
+	}
+	b.ReportMetric(float64(b.Elapsed().Microseconds())/1000/float64(b.N), "ms/batch")
 }

@@ -41,11 +41,13 @@ type Chain struct {
 	seq    uint64
 	head   []byte
 	time   time.Time
+	gen    uint64 // counts the heads published; a Batch sealed against an older one is sealed again
 	buf    []byte // canonical encoding buffer, reused
 	canon  canonicalEncoder
 
-	headMu  sync.Mutex // guards snap, so Head does not wait for writes
+	headMu  sync.Mutex // guards snap and snapGen, so Head does not wait for writes
 	snap    Checkpoint
+	snapGen uint64
 	cpEvery uint64           // guarded by mu
 	cpFn    func(Checkpoint) // guarded by mu
 
@@ -102,8 +104,10 @@ func (c *Chain) reset(lastSeq uint64, lastHash []byte) {
 
 // publish updates the snapshot returned by Head. c.mu must be held.
 func (c *Chain) publish() {
+	c.gen++
 	c.headMu.Lock()
 	c.snap = Checkpoint{Stream: c.stream, Seq: c.seq, Hash: c.head, Time: c.time}
+	c.snapGen = c.gen
 	c.headMu.Unlock()
 }
 
@@ -177,6 +181,12 @@ func (c *Chain) Append(ctx context.Context, events []Event, write func(ctx conte
 		c.mu.Unlock()
 		return err
 	}
+	return c.finish(ctx, events, write, seq0, head0, time0)
+}
+
+// finish writes events, sealed from the head (seq0, head0, time0), and
+// publishes the new head; it releases c.mu, which the caller holds.
+func (c *Chain) finish(ctx context.Context, events []Event, write func(context.Context, []Event) error, seq0 uint64, head0 []byte, time0 time.Time) error {
 	if write != nil {
 		if err := c.callWrite(ctx, write, events, seq0, head0, time0); err != nil {
 			c.mu.Unlock()
@@ -268,44 +278,59 @@ type appendMAC interface {
 // tagSizeHint is the usual length of a hash: a Tink-prefixed HMAC-SHA256.
 const tagSizeHint = 37
 
-// seal assigns stream, sequence numbers and hashes. c.mu must be held.
+// seal assigns stream, sequence numbers and hashes, continuing from the
+// chain's head. c.mu must be held.
 func (c *Chain) seal(events []Event) error {
-	// The encoder keeps the shared fields' encoding within this batch only:
+	// The encoder keeps the shared fields' digest within this batch only:
 	// a Columns slice may be changed in place between two Appends.
 	c.canon.valid = false
-	am, _ := c.mac.(appendMAC)
+	seq, head, err := sealRun(c.mac, c.stream, &c.canon, &c.buf, events, c.seq, c.head)
+	if err != nil {
+		return err
+	}
+	c.seq, c.head, c.time = seq, head, events[len(events)-1].Time
+	return nil
+}
+
+// sealRun seals events as the continuation of the chain of stream whose
+// head is (seq, head), and returns the new head. The hashes of events
+// share one allocation when mac can append; the returned head does not.
+func sealRun(mac tink.MAC, stream string, canon *canonicalEncoder, buf *[]byte, events []Event, seq uint64, head []byte) (uint64, []byte, error) {
+	am, _ := mac.(appendMAC)
 	var tags []byte // the hashes, one after the other, when am is set
 	if am != nil {
 		tags = make([]byte, 0, tagSizeHint*len(events))
 	}
+	b := *buf
+	defer func() { *buf = b }()
 	for i := range events {
 		e := &events[i]
-		e.Stream = c.stream
-		e.Seq = c.seq + 1
-		e.PrevHash = c.head
-		c.buf = c.canon.append(append(c.buf[:0], c.head...), e)
+		e.Stream = stream
+		e.Seq = seq + 1
+		e.PrevHash = head
+		b = canon.append(append(b[:0], head...), e)
 		var h []byte
 		var err error
 		if am != nil {
 			// Should a tag be longer than the hint, append moves on to a new
 			// array; the hashes already set keep the old one.
 			start := len(tags)
-			if tags, err = am.AppendMAC(tags, c.buf); err == nil {
+			if tags, err = am.AppendMAC(tags, b); err == nil {
 				h = tags[start:len(tags):len(tags)]
 			}
 		} else {
-			h, err = c.mac.ComputeMAC(c.buf)
+			h, err = mac.ComputeMAC(b)
 		}
 		if err != nil {
-			return fmt.Errorf("auditing: computing the MAC of stream %q seq %d: %w", c.stream, e.Seq, err)
+			return 0, nil, fmt.Errorf("auditing: computing the MAC of stream %q seq %d: %w", stream, e.Seq, err)
 		}
 		e.Hash = h
-		c.seq, c.head, c.time = e.Seq, h, e.Time
+		seq, head = e.Seq, h
 	}
 	if am != nil {
-		c.head = slices.Clone(c.head) // the head must not keep the batch's hashes alive
+		head = slices.Clone(head) // the head must not keep the batch's hashes alive
 	}
-	return nil
+	return seq, head, nil
 }
 
 // restore puts the head back and unseals the events. c.mu must be held.

@@ -3,9 +3,11 @@ package auditing_test
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"encoding/binary"
 	"errors"
 	"math/rand/v2"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -135,29 +137,28 @@ func TestCanonicalEncoding(t *testing.T) {
 		PrevHash:   []byte("ignored"),
 		Hash:       []byte("ignored too"),
 	}
-	var want []byte
-	str := func(s string) {
-		want = binary.BigEndian.AppendUint32(want, uint32(len(s)))
-		want = append(want, s...)
+	str := func(b []byte, s string) []byte {
+		b = binary.BigEndian.AppendUint32(b, uint32(len(s)))
+		return append(b, s...)
 	}
-	want = append(want, "phidb.audit\x01"...)
-	str("s")
+	var shared []byte
+	shared = append(shared, "phidb.audit.shared\x02"...)
+	shared = str(shared, "s")
+	shared = binary.BigEndian.AppendUint64(shared, 1700000000123456)
+	for _, s := range []string{"u", "r", "read", "t"} {
+		shared = str(shared, s)
+	}
+	shared = binary.BigEndian.AppendUint32(shared, 2)
+	for _, s := range []string{"a", "bc", "p", "c", "q", "denied", "x"} {
+		shared = str(shared, s)
+	}
+	digest := sha256.Sum256(shared)
+	var want []byte
+	want = append(want, "pha\x02"...)
 	want = binary.BigEndian.AppendUint64(want, 7)
 	want = append(want, e.ID[:]...)
-	want = binary.BigEndian.AppendUint64(want, 1700000000123456)
-	str("u")
-	str("r")
-	str("read")
-	str("t")
-	str("42")
-	want = binary.BigEndian.AppendUint32(want, 2)
-	str("a")
-	str("bc")
-	str("p")
-	str("c")
-	str("q")
-	str("denied")
-	str("x")
+	want = append(want, 0x00, 0, 0, 0, 2, '4', '2') // not a UUID: 0x00 then str
+	want = append(want, digest[:]...)
 	require.Equal(t, want, e.Canonical(nil))
 	require.Equal(t, append([]byte("pre"), want...), e.Canonical([]byte("pre")), "appends")
 
@@ -191,8 +192,20 @@ func TestCanonicalEncoding(t *testing.T) {
 		mutate(&m)
 		require.NotEqual(t, want, m.Canonical(nil), name)
 	}
-	// Hashes are not part of it.
+	// A key that is the canonical text of a UUID is encoded as its 16 bytes,
+	// and the whole encoding then has CanonicalSize bytes.
 	m := e
+	m.PK = "0190b1f4-7c1e-7000-8000-00000000002a"
+	u := uuid.MustParse(m.PK)
+	require.Equal(t, slices.Concat(want[:28], []byte{0x01}, u[:], digest[:]), m.Canonical(nil))
+	require.Len(t, m.Canonical(nil), auditing.CanonicalSize)
+	for _, pk := range []string{"0190B1F4-7C1E-7000-8000-00000000002A", "{0190b1f4-7c1e-7000-8000-00000000002a}", "0190b1f47c1e70008000000000002a"} {
+		m.PK = pk
+		require.Equal(t, 0x00, int(m.Canonical(nil)[28]), "%s is not in canonical form", pk)
+	}
+
+	// Hashes are not part of it.
+	m = e
 	m.PrevHash, m.Hash = nil, nil
 	require.Equal(t, want, m.Canonical(nil))
 }

@@ -3,6 +3,7 @@ package auditing
 import (
 	"context"
 	"crypto/rand"
+	"crypto/sha256"
 	"encoding/binary"
 	"slices"
 	"strings"
@@ -62,26 +63,46 @@ type Event struct {
 	Hash       []byte // MAC(audit key, PrevHash || Canonical())
 }
 
-// canonicalMagic starts every canonical encoding: a format name and version.
-const canonicalMagic = "phidb.audit\x01"
+// Magic strings of the canonical encoding (version 2): one starts the bytes
+// of an event, the other the bytes of the fields an event shares with the
+// other events of its batch.
+const (
+	canonicalMagic = "pha\x02"
+	sharedMagic    = "phidb.audit.shared\x02"
+)
+
+// CanonicalSize is the length of the canonical encoding of an event whose
+// primary key is the canonical text of a UUID.
+const CanonicalSize = len(canonicalMagic) + 8 + 16 + 17 + sha256.Size
 
 // Canonical appends to dst the bytes of e that the hash chain authenticates
 // and returns the extended slice. The hash of an event is
 // MAC(audit key, PrevHash || Canonical), so PrevHash and Hash are not part of
 // the encoding.
 //
-// The encoding, version 1, is the 12-byte magic "phidb.audit" followed by
-// the byte 0x01, then these fields in this order:
+// The encoding, version 2, is short, so that a MAC of the previous hash and
+// the encoding takes three SHA-256 blocks for the usual event (one with a
+// UUID key): the fields that the events of a batch usually share go in as
+// their SHA-256 digest. It is
 //
+//	"pha" 0x02   4 bytes
+//	Seq          uint64, big-endian
+//	ID           16 bytes
+//	PK           0x01 followed by the 16 bytes of the UUID, when PK is the
+//	             canonical text of a UUID (36 characters, lowercase
+//	             hexadecimal, hyphens after the 8th, 12th, 16th and 20th
+//	             digit); otherwise 0x00 followed by PK as str
+//	Shared       32 bytes: SHA-256 of the shared fields below
+//
+// and the shared fields are, in this order,
+//
+//	"phidb.audit.shared" 0x02
 //	Stream      str
-//	Seq         uint64, big-endian
-//	ID          16 bytes
 //	Time        int64, big-endian: microseconds since the Unix epoch (UTC)
 //	Actor.ID    str
 //	Actor.Role  str
 //	Action      str
 //	Table       str
-//	PK          str
 //	Columns     uint32 big-endian count, then each name as str
 //	Purpose     str
 //	ClientAddr  str
@@ -90,22 +111,29 @@ const canonicalMagic = "phidb.audit\x01"
 //	Reason      str
 //
 // where str is a uint32 big-endian byte length followed by the UTF-8 bytes.
-// Time below the microsecond is not encoded. A nil and an empty Columns
-// encode identically. Strings longer than 4 GiB are not supported.
+// Every field is thus authenticated: the MAC covers the digest, and SHA-256
+// is collision resistant. Time below the microsecond is not encoded. A nil
+// and an empty Columns encode identically. Strings longer than 4 GiB are not
+// supported.
 //
-// Canonical does not allocate when dst has enough capacity; reuse a buffer
-// across events.
+// Canonical does not allocate when dst has enough capacity and the shared
+// fields are short (under 512 bytes encoded); reuse a buffer across events.
 func (e *Event) Canonical(dst []byte) []byte {
-	dst = append(dst, canonicalMagic...)
+	var scratch [512]byte
+	d := sha256.Sum256(appendShared(scratch[:0], e))
+	return appendCanonical(dst, e, &d)
+}
+
+// appendShared appends the encoding of the fields of e that the events of
+// a batch share, whose digest Canonical encodes.
+func appendShared(dst []byte, e *Event) []byte {
+	dst = append(dst, sharedMagic...)
 	dst = appendStr(dst, e.Stream)
-	dst = binary.BigEndian.AppendUint64(dst, e.Seq)
-	dst = append(dst, e.ID[:]...)
 	dst = binary.BigEndian.AppendUint64(dst, uint64(e.Time.UnixMicro()))
 	dst = appendStr(dst, e.Actor.ID)
 	dst = appendStr(dst, e.Actor.Role)
 	dst = appendStr(dst, string(e.Action))
 	dst = appendStr(dst, e.Table)
-	dst = appendStr(dst, e.PK)
 	dst = binary.BigEndian.AppendUint32(dst, uint32(len(e.Columns)))
 	for _, c := range e.Columns {
 		dst = appendStr(dst, c)
@@ -114,57 +142,54 @@ func (e *Event) Canonical(dst []byte) []byte {
 	dst = appendStr(dst, e.ClientAddr)
 	dst = appendStr(dst, e.RequestID)
 	dst = appendStr(dst, string(e.Outcome))
-	dst = appendStr(dst, e.Reason)
-	return dst
+	return appendStr(dst, e.Reason)
 }
 
-// canonicalEncoder writes what Canonical writes, keeping the encoding of
-// the fields that the events of a batch share (stream; actor, action and
-// table; columns to reason) from one event to the next, so that a batch's
-// shared fields are encoded once. Set valid to false before each batch:
-// the Columns slice it compares by identity may change between batches.
+// appendCanonical appends the canonical encoding of e, whose shared fields
+// have the digest shared.
+func appendCanonical(dst []byte, e *Event, shared *[sha256.Size]byte) []byte {
+	dst = append(dst, canonicalMagic...)
+	dst = binary.BigEndian.AppendUint64(dst, e.Seq)
+	dst = append(dst, e.ID[:]...)
+	n := len(dst)
+	dst = append(dst, 0x01, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
+	if !parseUUID((*[16]byte)(dst[n+1:]), e.PK) {
+		dst = appendStr(append(dst[:n], 0x00), e.PK)
+	}
+	return append(dst, shared[:]...)
+}
+
+// canonicalEncoder writes what Canonical writes, keeping the digest of the
+// shared fields from one event to the next while they do not change, so
+// that a batch's shared fields are hashed once. Set valid to false before
+// each batch: the Columns slice it compares by identity may change between
+// batches.
 type canonicalEncoder struct {
 	stream                           string
+	time                             time.Time
 	actor                            Actor
 	action                           Action
 	table                            string
 	columns                          []string
 	purpose, addr, requestID, reason string
 	outcome                          Outcome
-	head, mid, tail                  []byte // encoded stream; actor to table; columns to reason
+	digest                           [sha256.Size]byte
+	scratch                          []byte
 	valid                            bool
 }
 
 // append appends e's canonical encoding to dst, as e.Canonical(dst).
 func (c *canonicalEncoder) append(dst []byte, e *Event) []byte {
-	if !c.valid || e.Stream != c.stream {
-		c.stream = e.Stream
-		c.head = appendStr(append(c.head[:0], canonicalMagic...), e.Stream)
-	}
-	if !c.valid || e.Actor != c.actor || e.Action != c.action || e.Table != c.table {
-		c.actor, c.action, c.table = e.Actor, e.Action, e.Table
-		c.mid = appendStr(appendStr(appendStr(appendStr(c.mid[:0], e.Actor.ID), e.Actor.Role), string(e.Action)), e.Table)
-	}
-	if !c.valid || !sameColumns(e.Columns, c.columns) || e.Purpose != c.purpose || e.ClientAddr != c.addr ||
-		e.RequestID != c.requestID || e.Outcome != c.outcome || e.Reason != c.reason {
+	if !c.valid || e.Stream != c.stream || !e.Time.Equal(c.time) || e.Actor != c.actor || e.Action != c.action ||
+		e.Table != c.table || !sameColumns(e.Columns, c.columns) || e.Purpose != c.purpose ||
+		e.ClientAddr != c.addr || e.RequestID != c.requestID || e.Outcome != c.outcome || e.Reason != c.reason {
+		c.stream, c.time, c.actor, c.action, c.table = e.Stream, e.Time, e.Actor, e.Action, e.Table
 		c.columns, c.purpose, c.addr, c.requestID, c.outcome, c.reason = e.Columns, e.Purpose, e.ClientAddr, e.RequestID, e.Outcome, e.Reason
-		t := binary.BigEndian.AppendUint32(c.tail[:0], uint32(len(e.Columns)))
-		for _, col := range e.Columns {
-			t = appendStr(t, col)
-		}
-		for _, s := range [...]string{e.Purpose, e.ClientAddr, e.RequestID, string(e.Outcome), e.Reason} {
-			t = appendStr(t, s)
-		}
-		c.tail = t
+		c.scratch = appendShared(c.scratch[:0], e)
+		c.digest = sha256.Sum256(c.scratch)
+		c.valid = true
 	}
-	c.valid = true
-	dst = append(dst, c.head...)
-	dst = binary.BigEndian.AppendUint64(dst, e.Seq)
-	dst = append(dst, e.ID[:]...)
-	dst = binary.BigEndian.AppendUint64(dst, uint64(e.Time.UnixMicro()))
-	dst = append(dst, c.mid...)
-	dst = appendStr(dst, e.PK)
-	return append(dst, c.tail...)
+	return appendCanonical(dst, e, &c.digest)
 }
 
 // sameColumns is slices.Equal, fast for the events of one query, which
@@ -285,6 +310,20 @@ func cleanString(s string) string {
 // so that the IDs of a batch are distinct and stored as the first one only
 // (see [SchemaSQL]).
 func fillV7(events []Event) {
+	first := firstV7()
+	k := uint64(0)
+	for i := range events {
+		if events[i].ID != uuid.Nil {
+			continue
+		}
+		events[i].ID = nextID(first, k)
+		k++
+	}
+}
+
+// firstV7 returns a new UUIDv7 whose random bits leave room to count up
+// from it with nextID.
+func firstV7() uuid.UUID {
 	var random [8]byte
 	if _, err := rand.Read(random[:]); err != nil {
 		// crypto/rand.Read does not fail on supported platforms.
@@ -296,12 +335,5 @@ func fillV7(events []Event) {
 	var first uuid.UUID
 	binary.BigEndian.PutUint64(first[:8], ms<<16|0x7000|frac)
 	binary.BigEndian.PutUint64(first[8:], 1<<63|binary.BigEndian.Uint64(random[:])&idRandomMask) // RFC 9562 variant
-	k := uint64(0)
-	for i := range events {
-		if events[i].ID != uuid.Nil {
-			continue
-		}
-		events[i].ID = nextID(first, k)
-		k++
-	}
+	return first
 }

@@ -44,28 +44,44 @@ func (a *auditor) newEvents(ctx context.Context, action auditing.Action, table s
 		return auditing.NewEvents(ctx, action, table, columns, pks...), func() {}
 	}
 	template := auditing.NewEvents(ctx, action, table, columns, "")[0]
+	events := slices.Grow(a.buffer()[:0], len(pks))[:len(pks)]
+	for i, pk := range pks {
+		events[i] = template
+		events[i].PK = pk
+	}
+	return events, func() { a.release(events) }
+}
+
+// buffer returns a free buffer for a large batch of events, or nil; only
+// without Config.AuditSink, whose sink might keep the events it is given.
+func (a *auditor) buffer() []auditing.Event {
+	if a.sink != nil {
+		return nil
+	}
 	var buf []auditing.Event
 	a.bufMu.Lock()
 	if n := len(a.buffers); n > 0 {
 		buf, a.buffers = a.buffers[n-1], a.buffers[:n-1]
 	}
 	a.bufMu.Unlock()
-	events := slices.Grow(buf[:0], len(pks))[:len(pks)]
-	for i, pk := range pks {
-		events[i] = template
-		events[i].PK = pk
+	return buf
+}
+
+// release takes back a buffer that events, recorded and no longer used,
+// came from (see buffer).
+func (a *auditor) release(events []auditing.Event) {
+	if a.sink != nil {
+		return
 	}
-	return events, func() {
-		clear(events) // drop the strings they point to
-		if cap(events) > maxPooledEvents {
-			return
-		}
-		a.bufMu.Lock()
-		if len(a.buffers) < maxFreeBuffers {
-			a.buffers = append(a.buffers, events[:0])
-		}
-		a.bufMu.Unlock()
+	clear(events) // drop the strings they point to
+	if cap(events) > maxPooledEvents {
+		return
 	}
+	a.bufMu.Lock()
+	if len(a.buffers) < maxFreeBuffers {
+		a.buffers = append(a.buffers, events[:0])
+	}
+	a.bufMu.Unlock()
 }
 
 // Sizes of the batches of events that newEvents builds in reused buffers,
@@ -95,7 +111,28 @@ func (a *auditor) record(ctx context.Context, events []auditing.Event, tx pgx.Tx
 		defer conn.Release()
 		db = conn
 	}
-	return a.chain.Append(ctx, events, func(ctx context.Context, sealed []auditing.Event) error {
+	return a.chain.Append(ctx, events, a.writer(db, tx))
+}
+
+// recordBatch appends a batch of read events sealed ahead (see readAudit)
+// and stores them, as record does without a transaction.
+func (a *auditor) recordBatch(ctx context.Context, b *auditing.Batch) error {
+	var db auditing.DB
+	if a.pg != nil {
+		conn, err := a.pool.Acquire(ctx)
+		if err != nil {
+			return fmt.Errorf("phidb: recording audit events: %w", err)
+		}
+		defer conn.Release()
+		db = conn
+	}
+	return a.chain.AppendBatch(ctx, b, a.writer(db, nil))
+}
+
+// writer returns the function that stores sealed events: in PostgreSQL
+// through db, and in the configured sink; with tx, it commits tx after.
+func (a *auditor) writer(db auditing.DB, tx pgx.Tx) func(ctx context.Context, sealed []auditing.Event) error {
+	return func(ctx context.Context, sealed []auditing.Event) error {
 		if a.pg != nil {
 			if err := a.pg.WriteIn(ctx, db, sealed); err != nil {
 				return fmt.Errorf("phidb: recording audit events: %w", err)
@@ -110,7 +147,7 @@ func (a *auditor) record(ctx context.Context, events []auditing.Event, tx pgx.Tx
 			return tx.Commit(ctx)
 		}
 		return nil
-	})
+	}
 }
 
 // actor returns ctx carrying the actor of the operation: the context's, or

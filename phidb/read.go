@@ -169,16 +169,22 @@ func query[T any](ctx context.Context, q Querier, limit int, sql string, args []
 	if ctx, err = e.actor(ctx, action, s.Table); err != nil {
 		return nil, err
 	}
-	out, cols, err := read[T](ctx, q, s, limit, sql, args)
+	ra := newReadAudit[T](ctx, e.audit, s, action)
+	out, cols, batch, err := read[T](ctx, q, s, limit, sql, args, ra)
 	if err != nil {
 		pk, reason := failure(err)
 		e.recordFailure(ctx, action, s.Table, pk, auditing.OutcomeError, reason)
 		return nil, err
 	}
 	if e.audit != nil && len(out) > 0 {
-		events, done := e.audit.newEvents(ctx, action, s.Table, cols, pkStrings(s, out))
-		err := e.audit.record(ctx, events, nil)
-		done()
+		if batch != nil {
+			err = e.audit.recordBatch(ctx, batch)
+			e.audit.release(batch.Events())
+		} else {
+			events, done := e.audit.newEvents(ctx, action, s.Table, cols, pkStrings(s, out))
+			err = e.audit.record(ctx, events, nil)
+			done()
+		}
 		if err != nil {
 			clear(out) // nothing unaudited is returned, nor left in memory
 			return nil, err
@@ -224,31 +230,38 @@ func appendUUIDText(dst, u []byte) []byte {
 }
 
 // read runs the query and decrypts the rows; it returns them with the names
-// of the columns read into fields.
-func read[T any](ctx context.Context, q Querier, s *codec.Schema, limit int, sql string, args []any) ([]T, []string, error) {
+// of the columns read into fields. With ra, the read events of a result of
+// more than one chunk are sealed while it streams in and returned as a
+// batch, whose events are the rows returned, in order; a result whose rows
+// are filtered after decryption (a Lookup's) is not sealed ahead.
+func read[T any](ctx context.Context, q Querier, s *codec.Schema, limit int, sql string, args []any, ra *readAudit[T]) ([]T, []string, *auditing.Batch, error) {
 	var err error
 	var m *model
 	if s.Table != "" && s.PK != nil {
 		if m, err = modelFor(s.Type); err != nil {
-			return nil, nil, err
+			return nil, nil, nil, err
 		}
 	}
 	args, matches, err := resolveMatches(q.engine(), m, args)
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
+	if len(matches) > 0 {
+		ra = nil
+	}
+	defer ra.stop()
 	keepLimit := limit
 	if len(matches) > 0 {
 		limit = -1 // false positives are dropped after decryption
 	}
 	rows, err := q.Query(ctx, sql, args...)
 	if err != nil {
-		return nil, nil, fmt.Errorf("phidb: query: %w", err)
+		return nil, nil, nil, fmt.Errorf("phidb: query: %w", err)
 	}
 	defer rows.Close()
 	plan, err := planFor(s, m, rows.FieldDescriptions())
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
 	op := opener[T]{c: q.engine().codec, s: s, plan: plan}
 	defer op.stop()
@@ -273,7 +286,7 @@ func read[T any](ctx context.Context, q Querier, s *codec.Schema, limit int, sql
 			}
 		}
 		if err := rows.Scan(dest...); err != nil {
-			return nil, nil, fmt.Errorf("phidb: scanning %s: %w", s.Table, err)
+			return nil, nil, nil, fmt.Errorf("phidb: scanning %s: %w", s.Table, err)
 		}
 		raw := rows.RawValues()
 		for _, i := range plan.enc {
@@ -285,7 +298,7 @@ func read[T any](ctx context.Context, q Querier, s *codec.Schema, limit int, sql
 			off := len(cur.arena)
 			if plan.text[i] {
 				if cur.arena, err = appendHexBytea(cur.arena, v); err != nil {
-					return nil, nil, fmt.Errorf("phidb: column %q of %s: %w", plan.fields[i].Column, s.Table, err)
+					return nil, nil, nil, fmt.Errorf("phidb: column %q of %s: %w", plan.fields[i].Column, s.Table, err)
 				}
 			} else {
 				cur.arena = append(cur.arena, v...)
@@ -295,19 +308,21 @@ func read[T any](ctx context.Context, q Querier, s *codec.Schema, limit int, sql
 		if len(cur.rows) == chunkRows {
 			chunks = append(chunks, cur)
 			op.submit(cur)
+			ra.add(cur.rows, plan.columns)
 			cur = &chunk[T]{rows: make([]T, 0, chunkRows), arena: make([]byte, 0, len(cur.arena)), spans: make([]span, 0, len(cur.spans))}
 		}
 	}
 	rows.Close()
 	if err := rows.Err(); err != nil {
-		return nil, nil, fmt.Errorf("phidb: query: %w", err)
+		return nil, nil, nil, fmt.Errorf("phidb: query: %w", err)
 	}
 	if err := op.open(cur); err != nil { // the last, partial chunk, here
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
 	if err := op.wait(); err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
+	batch := ra.finish(cur.rows)
 	var out []T
 	if len(chunks) == 0 {
 		out = cur.rows
@@ -332,7 +347,7 @@ func read[T any](ctx context.Context, q Querier, s *codec.Schema, limit int, sql
 			out = out[:keepLimit]
 		}
 	}
-	return out, plan.columns, nil
+	return out, plan.columns, batch, nil
 }
 
 // opener opens the envelopes of chunks, on worker goroutines started with

@@ -1,0 +1,168 @@
+package auditing_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/phidb/phidb/auditing"
+)
+
+// batchTemplate is the event a query's Batch copies for each row.
+func batchTemplate(ctx context.Context) auditing.Event {
+	return auditing.NewEvents(ctx, auditing.ActionRead, "patients", []string{"name", "dob"}, "")[0]
+}
+
+func pkRange(prefix string, from, to int) []string {
+	pks := make([]string, 0, to-from)
+	for i := from; i < to; i++ {
+		pks = append(pks, fmt.Sprintf("%s-%d", prefix, i))
+	}
+	return pks
+}
+
+// A batch sealed while the chain stays still is appended as it was sealed,
+// and the chain verifies; its events share time and count up their IDs.
+func TestBatchAppend(t *testing.T) {
+	ctx := actorCtx("u-1")
+	mac := newChainMAC(t)
+	c := auditing.NewChain("s", mac)
+	rec := &recorder{}
+	require.NoError(t, c.Append(ctx, readEvents(ctx, "before", 3), rec.Write))
+
+	b := c.Begin(nil)
+	b.Add(batchTemplate(ctx), pkRange("p", 0, 300)...)
+	b.Add(batchTemplate(ctx), pkRange("p", 300, 700)...)
+	require.Equal(t, 700, b.Len())
+	require.NoError(t, c.AppendBatch(ctx, b, rec.Write))
+
+	all := rec.all()
+	require.Len(t, all, 703)
+	r := auditing.Verify(all, mac, []auditing.Checkpoint{c.Head()})
+	require.True(t, r.OK(), r.String())
+	require.Equal(t, uint64(703), c.Head().Seq)
+	batch := all[3:]
+	for i, e := range batch {
+		require.Equal(t, uint64(4+i), e.Seq)
+		require.Equal(t, fmt.Sprintf("p-%d", i), e.PK)
+		require.Equal(t, batch[0].Time, e.Time)
+		require.Equal(t, "u-1", e.Actor.ID)
+		if i > 0 {
+			require.Equal(t, batch[i-1].Hash, e.PrevHash)
+			require.Equal(t, batch[0].ID[:8], e.ID[:8], "the IDs share their time bits")
+			require.NotEqual(t, batch[i-1].ID, e.ID)
+		}
+	}
+	require.Equal(t, all[2].Hash, batch[0].PrevHash)
+
+	// Used once only.
+	require.Error(t, c.AppendBatch(ctx, b, rec.Write))
+	require.Len(t, rec.all(), 703)
+	// An empty batch appends nothing.
+	require.NoError(t, c.AppendBatch(ctx, c.Begin(nil), rec.Write))
+	require.Equal(t, uint64(703), c.Head().Seq)
+	// A batch of another chain is refused.
+	other := auditing.NewChain("s2", mac)
+	ob := other.Begin(nil)
+	ob.Add(batchTemplate(ctx), "x")
+	require.Error(t, c.AppendBatch(ctx, ob, rec.Write))
+}
+
+// When another Append comes between Begin and AppendBatch, the batch is
+// sealed again from the new head, and the chain still verifies.
+func TestBatchResealedAfterAnotherAppend(t *testing.T) {
+	ctx := actorCtx("u-1")
+	mac := newChainMAC(t)
+	c := auditing.NewChain("s", mac)
+	rec := &recorder{}
+	b := c.Begin(make([]auditing.Event, 3, 10))
+	b.Add(batchTemplate(ctx), pkRange("p", 0, 10)...)
+	require.NoError(t, c.Append(ctx, readEvents(ctx, "meanwhile", 2), rec.Write))
+	require.NoError(t, c.AppendBatch(ctx, b, rec.Write))
+	all := rec.all()
+	require.Len(t, all, 12)
+	require.Equal(t, "p-0", all[2].PK)
+	require.Equal(t, uint64(3), all[2].Seq)
+	r := auditing.Verify(all, mac, []auditing.Checkpoint{c.Head()})
+	require.True(t, r.OK(), r.String())
+}
+
+// A failing write leaves the head where it was and no gap.
+func TestBatchWriteFails(t *testing.T) {
+	ctx := actorCtx("u-1")
+	mac := newChainMAC(t)
+	c := auditing.NewChain("s", mac)
+	rec := &recorder{}
+	require.NoError(t, c.Append(ctx, readEvents(ctx, "a", 2), rec.Write))
+	b := c.Begin(nil)
+	b.Add(batchTemplate(ctx), pkRange("p", 0, 5)...)
+	boom := errors.New("sink down")
+	require.ErrorIs(t, c.AppendBatch(ctx, b, func(context.Context, []auditing.Event) error { return boom }), boom)
+	require.Equal(t, uint64(2), c.Head().Seq)
+	require.NoError(t, c.Append(ctx, readEvents(ctx, "b", 2), rec.Write))
+	r := auditing.Verify(rec.all(), mac, []auditing.Checkpoint{c.Head()})
+	require.True(t, r.OK(), r.String())
+	require.Equal(t, uint64(4), c.Head().Seq)
+
+	cctx, cancel := context.WithCancel(ctx)
+	cancel()
+	b = c.Begin(nil)
+	b.Add(batchTemplate(ctx), "x")
+	require.ErrorIs(t, c.AppendBatch(cctx, b, rec.Write), context.Canceled)
+	require.Equal(t, uint64(4), c.Head().Seq)
+}
+
+// Batches and Appends from many goroutines make one intact chain, whatever
+// the interleaving.
+func TestBatchConcurrent(t *testing.T) {
+	mac := newChainMAC(t)
+	c := auditing.NewChain("s", mac)
+	rec := &recorder{}
+	var wg sync.WaitGroup
+	for g := range 8 {
+		wg.Go(func() {
+			ctx := actorCtx(fmt.Sprint("u-", g))
+			for i := range 40 {
+				if i%2 == 0 {
+					b := c.Begin(nil)
+					for k := range 3 {
+						b.Add(batchTemplate(ctx), pkRange(fmt.Sprintf("g%d-%d-%d", g, i, k), 0, 20)...)
+					}
+					require.NoError(t, c.AppendBatch(ctx, b, rec.Write))
+				} else {
+					require.NoError(t, c.Append(ctx, readEvents(ctx, fmt.Sprintf("g%d-%d", g, i), 5), rec.Write))
+				}
+			}
+		})
+	}
+	wg.Wait()
+	all := rec.all()
+	require.Len(t, all, 8*(20*60+20*5))
+	r := auditing.Verify(all, mac, []auditing.Checkpoint{c.Head()})
+	require.True(t, r.OK(), r.String())
+}
+
+// A batch's events go to PostgreSQL as one row and read back intact.
+func TestBatchPostgres(t *testing.T) {
+	ctx := actorCtx("u-1")
+	pool := newPool(t)
+	mac := newChainMAC(t)
+	c := auditing.NewChain("s", mac)
+	sink := auditing.NewPostgresSink(pool)
+	b := c.Begin(nil)
+	b.Add(batchTemplate(ctx), pkRange("p", 0, 500)...)
+	b.Add(batchTemplate(ctx), "0190b1f4-7c1e-7000-8000-00000000002a")
+	require.NoError(t, c.AppendBatch(ctx, b, sink.Write))
+	var rows int
+	require.NoError(t, pool.QueryRow(ctx, "SELECT count(*) FROM phidb_audit").Scan(&rows))
+	require.Equal(t, 1, rows)
+	events, err := auditing.ReadPostgres(ctx, pool)
+	require.NoError(t, err)
+	require.Len(t, events, 501)
+	r := auditing.Verify(events, mac, []auditing.Checkpoint{c.Head()})
+	require.True(t, r.OK(), r.String())
+}

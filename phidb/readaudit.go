@@ -1,0 +1,78 @@
+package phidb
+
+import (
+	"context"
+
+	"github.com/phidb/phidb/auditing"
+	"github.com/phidb/phidb/codec"
+)
+
+// readAudit seals the read events of a large result while its rows stream
+// in: from the first full chunk on, each chunk's primary keys go to a
+// goroutine that adds them to an auditing.Batch, so that the hash chain is
+// computed alongside the network and decryption instead of after them. The
+// batch is appended, and the events stored, only once every row has been
+// read and decrypted; a failed read discards it.
+type readAudit[T any] struct {
+	ctx    context.Context // carries the actor
+	a      *auditor
+	s      *codec.Schema
+	action auditing.Action
+
+	batch    *auditing.Batch
+	template auditing.Event
+	work     chan []T
+	done     chan struct{}
+}
+
+// newReadAudit returns the sealer of a read, or nil without auditing.
+func newReadAudit[T any](ctx context.Context, a *auditor, s *codec.Schema, action auditing.Action) *readAudit[T] {
+	if a == nil {
+		return nil
+	}
+	return &readAudit[T]{ctx: ctx, a: a, s: s, action: action}
+}
+
+// add hands the rows of a full chunk to the sealing goroutine, starting it
+// on the first call. columns names the columns read, for the events.
+func (r *readAudit[T]) add(rows []T, columns []string) {
+	if r == nil {
+		return
+	}
+	if r.work == nil {
+		r.template = auditing.NewEvents(r.ctx, r.action, r.s.Table, columns, "")[0]
+		r.batch = r.a.chain.Begin(r.a.buffer())
+		r.work = make(chan []T, 64)
+		r.done = make(chan struct{})
+		go func() {
+			defer close(r.done)
+			for rows := range r.work {
+				r.batch.Add(r.template, pkStrings(r.s, rows)...)
+			}
+		}()
+	}
+	r.work <- rows
+}
+
+// finish adds the last, partial chunk and waits for the sealing goroutine.
+// It returns the batch, or nil if no full chunk was read (the events of
+// small results are sealed when they are recorded).
+func (r *readAudit[T]) finish(rows []T) *auditing.Batch {
+	if r == nil || r.work == nil {
+		return nil
+	}
+	if len(rows) > 0 {
+		r.work <- rows
+	}
+	r.stop()
+	return r.batch
+}
+
+// stop ends the sealing goroutine; it is safe to call more than once.
+func (r *readAudit[T]) stop() {
+	if r != nil && r.work != nil {
+		close(r.work)
+		<-r.done
+		r.work = nil
+	}
+}
