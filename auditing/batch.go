@@ -2,108 +2,295 @@ package auditing
 
 import (
 	"context"
+	"crypto/sha256"
 	"errors"
-	"slices"
+	"fmt"
+	"strings"
 	"time"
 
 	"github.com/google/uuid"
 )
 
-// Batch is a run of events sealed ahead of their Append, outside the
-// chain's lock: typically the read events of a large query, sealed chunk by
-// chunk while later rows are still arriving, so that the hash chain costs
-// no time once the query ends. Begin one with [Chain.Begin], add events with
-// [Batch.Add] as they become known, and append it with [Chain.AppendBatch].
+// Batch is the events of one operation on many rows (typically the read
+// events of a large query), which share every field but the row's primary
+// key, sealed ahead of their Append, outside the chain's lock: phidb seals
+// a query's events chunk by chunk while later rows are still arriving, so
+// that the hash chain costs little time once the query ends. Begin one with
+// [Chain.Begin], add the rows' keys with [Batch.Add] or [Batch.AddUUIDs] as
+// they become known, and append it with [Chain.AppendBatch].
+//
+// A Batch holds its events compactly (the shared fields once, then a key,
+// and a hash per event) and builds [Event] values only when asked
+// ([Batch.Events]); [PostgresSink.WriteBatch] stores it without them.
 //
 // The batch is sealed against the chain's head at Begin. If the chain moved
 // on in the meantime (another Append came first), AppendBatch seals the
 // events again from the new head, under the chain's lock, as Append would:
-// the result is the same chain either way, and a Batch only saves time when
-// it has the chain to itself.
+// the chain is the same either way, and a Batch only saves time when it has
+// the chain to itself.
 //
 // All events of a Batch get the time of Begin and consecutive UUIDv7 IDs
-// from one random start (see [SchemaSQL]), so the events of one query share
-// their time, and their fields are stored once. A Batch is used by one
-// goroutine at a time, and only once.
+// from one random start (see [SchemaSQL]). A Batch is used by one goroutine
+// at a time, and appended once.
 type Batch struct {
-	chain  *Chain
-	gen    uint64    // the chain's head generation at Begin
-	seq    uint64    // sequence number of the last event sealed (the head's at Begin)
-	head   []byte    // hash of the last event sealed (the head's at Begin)
-	time   time.Time // the time of every event
-	first  uuid.UUID // the ID of the first event; the others count up from it
-	events []Event
-	canon  canonicalEncoder
-	clean  cleanCache
+	chain *Chain
+	gen   uint64    // the chain's head generation when sealed
+	prev  []byte    // the hash the first event chains from
+	seq0  uint64    // the sequence number before the first event
+	head  []byte    // hash of the last event sealed
+	time  time.Time // the time of every event
+	first uuid.UUID // the ID of the first event; the others count up from it
+
+	template Event // the shared fields as given to the first Add
+	shared   Event // the same, cleaned, with Stream and Time set
+	digest   [sha256.Size]byte
+	started  bool
+
+	n      int
+	keys   []byte   // 16 bytes per event while every key is the text of a UUID
+	strs   []string // every event's key, once one is not (keys is then nil)
+	tags   [][]byte // each event's hash, tagLen bytes each, tagsPerChunk events per chunk
+	tagLen int
+
 	buf    []byte
+	events []Event // built by Events
 	err    error
 	used   bool
 }
 
-// errBatchUsed is returned by AppendBatch for a Batch appended before.
-var errBatchUsed = errors.New("auditing: the batch was appended already")
+// Errors of Batch.
+var (
+	errBatchUsed   = errors.New("auditing: the batch was appended already")
+	errBatchFields = errors.New("auditing: the events of a batch must share every field but the primary key")
+)
 
-// Begin starts a Batch from the chain's current head. buf, which may be
-// nil, is storage for the events: its capacity is used (its contents are
-// overwritten), so a caller appending many large batches can hand the
-// storage of one (see [Batch.Events]) to the next. Begin takes no lock that
+// Begin starts a Batch from the chain's current head. It takes no lock that
 // a write holds.
-func (c *Chain) Begin(buf []Event) *Batch {
+func (c *Chain) Begin() *Batch {
 	c.headMu.Lock()
 	seq, head, gen := c.snap.Seq, c.snap.Hash, c.snapGen
 	c.headMu.Unlock()
 	return &Batch{
-		chain:  c,
-		gen:    gen,
-		seq:    seq,
-		head:   head,
-		time:   time.Now().UTC().Truncate(time.Microsecond),
-		first:  firstV7(),
-		events: buf[:0],
+		chain: c,
+		gen:   gen,
+		prev:  head,
+		seq0:  seq,
+		head:  head,
+		time:  time.Now().UTC().Truncate(time.Microsecond),
+		first: firstV7(),
 	}
 }
-
-// Events returns the events added, sealed (once appended, as stored). The
-// slice is the batch's storage: do not use it while the batch is in use.
-func (b *Batch) Events() []Event { return b.events }
 
 // Len returns the number of events added.
-func (b *Batch) Len() int { return len(b.events) }
+func (b *Batch) Len() int { return b.n }
 
-// Add appends one event per primary key in pks, each a copy of template with
-// PK set, ID and Time assigned as described on [Batch] (the template's are
-// ignored), and seals them. Strings that PostgreSQL or JSON could not store
-// are cleaned as Append cleans them. After a failure, Add does nothing and
-// AppendBatch returns the error.
+// Add adds one event per primary key in pks, copies of template (whose
+// fields every event of the batch shares; its PK, ID, Time, Stream, Seq and
+// hashes are ignored) and seals them. Strings that PostgreSQL or JSON could
+// not store are cleaned as Append cleans them. After a failure (a template
+// unlike the first, or a MAC error), Add does nothing more and AppendBatch
+// returns the error.
 func (b *Batch) Add(template Event, pks ...string) {
-	if b.err != nil || b.used || len(pks) == 0 {
+	if !b.start(&template, len(pks)) {
 		return
 	}
-	start := len(b.events)
-	b.events = slices.Grow(b.events, len(pks))[:start+len(pks)]
-	added := b.events[start:]
-	template.Time = b.time
-	for i, pk := range pks {
-		e := &added[i]
-		*e = template
-		e.PK = pk
-		e.ID = nextID(b.first, uint64(start+i))
-		b.clean.clean(e)
+	start := b.n
+	for _, pk := range pks {
+		if b.strs == nil {
+			var u [16]byte
+			if parseUUID(&u, pk) {
+				b.keys = append(b.keys, u[:]...)
+				continue
+			}
+			b.toStrings()
+		}
+		if !clean(pk) {
+			pk = cleanString(pk)
+		}
+		b.strs = append(b.strs, pk)
 	}
-	seq, head, err := sealRun(b.chain.mac, b.chain.stream, &b.canon, &b.buf, added, b.seq, b.head)
-	if err != nil {
-		b.err = err
-		return
-	}
-	b.seq, b.head = seq, head
+	b.n += len(pks)
+	b.seal(start)
 }
 
-// AppendBatch appends the events of b to the chain and hands them to write,
-// as [Chain.Append] does with events it seals itself: under the chain's
-// lock, in sequence order, with the head restored if write fails. The
-// events were sealed by Add; if the chain's head moved since Begin, they are
-// sealed again here from the new head, keeping their IDs and time.
-func (c *Chain) AppendBatch(ctx context.Context, b *Batch, write func(ctx context.Context, sealed []Event) error) error {
+// AddUUIDs is Add for rows whose primary keys are UUIDs: each event's PK is
+// the UUID's canonical text.
+func (b *Batch) AddUUIDs(template Event, pks ...uuid.UUID) {
+	if !b.start(&template, len(pks)) {
+		return
+	}
+	start := b.n
+	if b.strs == nil {
+		for i := range pks {
+			b.keys = append(b.keys, pks[i][:]...)
+		}
+	} else {
+		for _, pk := range pks {
+			b.strs = append(b.strs, pk.String())
+		}
+	}
+	b.n += len(pks)
+	b.seal(start)
+}
+
+// start checks that events can be added with template; the first call
+// takes the shared fields from it.
+func (b *Batch) start(template *Event, n int) bool {
+	if b.err != nil || b.used || n == 0 {
+		return false
+	}
+	if !b.started {
+		b.template = *template
+		b.shared = *template
+		var c cleanCache
+		c.clean(&b.shared)
+		b.shared.Stream, b.shared.Time = b.chain.stream, b.time
+		b.shared.PK, b.shared.ID, b.shared.Seq, b.shared.PrevHash, b.shared.Hash = "", uuid.Nil, 0, nil, nil
+		b.digest = sha256.Sum256(appendShared(nil, &b.shared))
+		b.started = true
+		return true
+	}
+	t := &b.template
+	if template.Actor != t.Actor || template.Action != t.Action || template.Table != t.Table ||
+		!sameColumns(template.Columns, t.Columns) || template.Purpose != t.Purpose || template.ClientAddr != t.ClientAddr ||
+		template.RequestID != t.RequestID || template.Outcome != t.Outcome || template.Reason != t.Reason {
+		b.err = errBatchFields
+		return false
+	}
+	return true
+}
+
+// toStrings switches the batch to keeping keys as strings.
+func (b *Batch) toStrings() {
+	b.strs = make([]string, 0, b.n+1)
+	var text [36]byte
+	for i := range b.n {
+		b.strs = append(b.strs, string(appendUUID(text[:0], b.keys[16*i:])))
+	}
+	b.keys = nil
+}
+
+// tagsPerChunk is how many hashes one chunk of Batch.tags holds: growing
+// the hashes never copies them.
+const tagsPerChunk = 1024
+
+// seal seals the events from index start on, continuing from b.head.
+func (b *Batch) seal(start int) {
+	am, _ := b.chain.mac.(appendMAC)
+	head := b.head
+	for i := start; i < b.n; i++ {
+		id := nextID(b.first, uint64(i))
+		buf := appendCanonicalHead(append(b.buf[:0], head...), b.seq0+uint64(i)+1, &id)
+		if b.strs == nil {
+			buf = append(append(buf, pkUUID), b.keys[16*i:16*i+16]...)
+		} else {
+			buf = appendCanonicalPK(buf, b.strs[i])
+		}
+		buf = append(buf, b.digest[:]...)
+		b.buf = buf
+		c := i / tagsPerChunk
+		if c == len(b.tags) {
+			size := tagSizeHint
+			if b.tagLen > 0 {
+				size = b.tagLen
+			}
+			b.tags = append(b.tags, make([]byte, 0, size*tagsPerChunk))
+		}
+		chunk := b.tags[c]
+		n := len(chunk)
+		var err error
+		if am != nil {
+			chunk, err = am.AppendMAC(chunk, buf)
+		} else {
+			var h []byte
+			if h, err = b.chain.mac.ComputeMAC(buf); err == nil {
+				chunk = append(chunk, h...)
+			}
+		}
+		if err == nil && i == 0 {
+			b.tagLen = len(chunk) - n
+		}
+		if err == nil && len(chunk)-n != b.tagLen {
+			err = errors.New("hashes of different lengths")
+		}
+		if err != nil {
+			b.err = fmt.Errorf("auditing: computing the MAC of stream %q seq %d: %w", b.chain.stream, b.seq0+uint64(i)+1, err)
+			return
+		}
+		b.tags[c] = chunk
+		head = chunk[n:len(chunk):len(chunk)]
+	}
+	b.head = head
+	b.events = nil
+}
+
+// reseal seals every event again, continuing from the chain's head (seq,
+// head) instead of the one they were sealed from.
+func (b *Batch) reseal(seq uint64, head []byte) {
+	b.seq0, b.prev, b.head, b.tags = seq, head, head, nil
+	b.seal(0)
+}
+
+// hash returns the hash of event i.
+func (b *Batch) hash(i int) []byte {
+	chunk, j := b.tags[i/tagsPerChunk], i%tagsPerChunk
+	return chunk[j*b.tagLen : (j+1)*b.tagLen : (j+1)*b.tagLen]
+}
+
+// pkOf returns the primary key of event i.
+func (b *Batch) pkOf(i int) string {
+	if b.strs != nil {
+		return b.strs[i]
+	}
+	var text [36]byte
+	return string(appendUUID(text[:0], b.keys[16*i:]))
+}
+
+// Events returns the events of the batch, sealed: once appended, as stored.
+// It builds them on the first call after events were added or sealed again;
+// do not modify them.
+func (b *Batch) Events() []Event {
+	if b.events != nil || b.n == 0 {
+		return b.events
+	}
+	events := make([]Event, b.n)
+	var pks string
+	if b.strs == nil { // the keys' texts in one allocation
+		var sb strings.Builder
+		sb.Grow(36 * b.n)
+		var text [36]byte
+		for i := range b.n {
+			sb.Write(appendUUID(text[:0], b.keys[16*i:]))
+		}
+		pks = sb.String()
+	}
+	prev := b.prev
+	for i := range events {
+		e := &events[i]
+		*e = b.shared
+		e.Seq = b.seq0 + uint64(i) + 1
+		e.ID = nextID(b.first, uint64(i))
+		if b.strs == nil {
+			e.PK = pks[36*i : 36*(i+1)]
+		} else {
+			e.PK = b.strs[i]
+		}
+		e.PrevHash = prev
+		e.Hash = b.hash(i)
+		prev = e.Hash
+	}
+	b.events = events
+	return events
+}
+
+// AppendBatch appends the events of b to the chain and hands the batch to
+// write, as [Chain.Append] does with events it seals itself: under the
+// chain's lock, in sequence order, with the head restored if write fails.
+// The events were sealed by Add; if the chain's head moved since Begin, they
+// are sealed again here from the new head, keeping their IDs and time.
+// write stores the batch, with [PostgresSink.WriteBatch] or by passing
+// [Batch.Events] to a [Sink].
+func (c *Chain) AppendBatch(ctx context.Context, b *Batch, write func(ctx context.Context, b *Batch) error) error {
 	switch {
 	case b.chain != c:
 		return errors.New("auditing: the batch belongs to another chain")
@@ -113,8 +300,7 @@ func (c *Chain) AppendBatch(ctx context.Context, b *Batch, write func(ctx contex
 		return b.err
 	}
 	b.used = true
-	events := b.events
-	if len(events) == 0 {
+	if b.n == 0 {
 		return nil
 	}
 	if err := ctx.Err(); err != nil {
@@ -122,12 +308,17 @@ func (c *Chain) AppendBatch(ctx context.Context, b *Batch, write func(ctx contex
 	}
 	c.mu.Lock()
 	seq0, head0, time0 := c.seq, c.head, c.time
-	if c.gen == b.gen {
-		c.seq, c.head, c.time = b.seq, b.head, b.time
-	} else if err := c.seal(events); err != nil {
-		c.restore(events, seq0, head0, time0)
-		c.mu.Unlock()
-		return err
+	if c.gen != b.gen {
+		b.reseal(c.seq, c.head)
+		if b.err != nil {
+			c.mu.Unlock()
+			return b.err
+		}
 	}
-	return c.finish(ctx, events, write, seq0, head0, time0)
+	c.seq, c.head, c.time = b.seq0+uint64(b.n), b.head, b.time
+	var w func(context.Context) error
+	if write != nil {
+		w = func(ctx context.Context) error { return write(ctx, b) }
+	}
+	return c.commit(ctx, w, func() { c.seq, c.head, c.time = seq0, head0, time0 }, seq0)
 }

@@ -7,9 +7,11 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/google/uuid"
 	"github.com/stretchr/testify/require"
 
 	"github.com/phidb/phidb/auditing"
+	"github.com/phidb/phidb/keys"
 )
 
 // batchTemplate is the event a query's Batch copies for each row.
@@ -34,11 +36,11 @@ func TestBatchAppend(t *testing.T) {
 	rec := &recorder{}
 	require.NoError(t, c.Append(ctx, readEvents(ctx, "before", 3), rec.Write))
 
-	b := c.Begin(nil)
+	b := c.Begin()
 	b.Add(batchTemplate(ctx), pkRange("p", 0, 300)...)
 	b.Add(batchTemplate(ctx), pkRange("p", 300, 700)...)
 	require.Equal(t, 700, b.Len())
-	require.NoError(t, c.AppendBatch(ctx, b, rec.Write))
+	require.NoError(t, c.AppendBatch(ctx, b, rec.writeBatch))
 
 	all := rec.all()
 	require.Len(t, all, 703)
@@ -60,16 +62,16 @@ func TestBatchAppend(t *testing.T) {
 	require.Equal(t, all[2].Hash, batch[0].PrevHash)
 
 	// Used once only.
-	require.Error(t, c.AppendBatch(ctx, b, rec.Write))
+	require.Error(t, c.AppendBatch(ctx, b, rec.writeBatch))
 	require.Len(t, rec.all(), 703)
 	// An empty batch appends nothing.
-	require.NoError(t, c.AppendBatch(ctx, c.Begin(nil), rec.Write))
+	require.NoError(t, c.AppendBatch(ctx, c.Begin(), rec.writeBatch))
 	require.Equal(t, uint64(703), c.Head().Seq)
 	// A batch of another chain is refused.
 	other := auditing.NewChain("s2", mac)
-	ob := other.Begin(nil)
+	ob := other.Begin()
 	ob.Add(batchTemplate(ctx), "x")
-	require.Error(t, c.AppendBatch(ctx, ob, rec.Write))
+	require.Error(t, c.AppendBatch(ctx, ob, rec.writeBatch))
 }
 
 // When another Append comes between Begin and AppendBatch, the batch is
@@ -79,10 +81,10 @@ func TestBatchResealedAfterAnotherAppend(t *testing.T) {
 	mac := newChainMAC(t)
 	c := auditing.NewChain("s", mac)
 	rec := &recorder{}
-	b := c.Begin(make([]auditing.Event, 3, 10))
+	b := c.Begin()
 	b.Add(batchTemplate(ctx), pkRange("p", 0, 10)...)
 	require.NoError(t, c.Append(ctx, readEvents(ctx, "meanwhile", 2), rec.Write))
-	require.NoError(t, c.AppendBatch(ctx, b, rec.Write))
+	require.NoError(t, c.AppendBatch(ctx, b, rec.writeBatch))
 	all := rec.all()
 	require.Len(t, all, 12)
 	require.Equal(t, "p-0", all[2].PK)
@@ -98,10 +100,10 @@ func TestBatchWriteFails(t *testing.T) {
 	c := auditing.NewChain("s", mac)
 	rec := &recorder{}
 	require.NoError(t, c.Append(ctx, readEvents(ctx, "a", 2), rec.Write))
-	b := c.Begin(nil)
+	b := c.Begin()
 	b.Add(batchTemplate(ctx), pkRange("p", 0, 5)...)
 	boom := errors.New("sink down")
-	require.ErrorIs(t, c.AppendBatch(ctx, b, func(context.Context, []auditing.Event) error { return boom }), boom)
+	require.ErrorIs(t, c.AppendBatch(ctx, b, func(context.Context, *auditing.Batch) error { return boom }), boom)
 	require.Equal(t, uint64(2), c.Head().Seq)
 	require.NoError(t, c.Append(ctx, readEvents(ctx, "b", 2), rec.Write))
 	r := auditing.Verify(rec.all(), mac, []auditing.Checkpoint{c.Head()})
@@ -110,9 +112,9 @@ func TestBatchWriteFails(t *testing.T) {
 
 	cctx, cancel := context.WithCancel(ctx)
 	cancel()
-	b = c.Begin(nil)
+	b = c.Begin()
 	b.Add(batchTemplate(ctx), "x")
-	require.ErrorIs(t, c.AppendBatch(cctx, b, rec.Write), context.Canceled)
+	require.ErrorIs(t, c.AppendBatch(cctx, b, rec.writeBatch), context.Canceled)
 	require.Equal(t, uint64(4), c.Head().Seq)
 }
 
@@ -128,11 +130,11 @@ func TestBatchConcurrent(t *testing.T) {
 			ctx := actorCtx(fmt.Sprint("u-", g))
 			for i := range 40 {
 				if i%2 == 0 {
-					b := c.Begin(nil)
+					b := c.Begin()
 					for k := range 3 {
 						b.Add(batchTemplate(ctx), pkRange(fmt.Sprintf("g%d-%d-%d", g, i, k), 0, 20)...)
 					}
-					require.NoError(t, c.AppendBatch(ctx, b, rec.Write))
+					require.NoError(t, c.AppendBatch(ctx, b, rec.writeBatch))
 				} else {
 					require.NoError(t, c.Append(ctx, readEvents(ctx, fmt.Sprintf("g%d-%d", g, i), 5), rec.Write))
 				}
@@ -153,16 +155,118 @@ func TestBatchPostgres(t *testing.T) {
 	mac := newChainMAC(t)
 	c := auditing.NewChain("s", mac)
 	sink := auditing.NewPostgresSink(pool)
-	b := c.Begin(nil)
+	b := c.Begin()
 	b.Add(batchTemplate(ctx), pkRange("p", 0, 500)...)
 	b.Add(batchTemplate(ctx), "0190b1f4-7c1e-7000-8000-00000000002a")
-	require.NoError(t, c.AppendBatch(ctx, b, sink.Write))
+	require.NoError(t, c.AppendBatch(ctx, b, sink.WriteBatch))
 	var rows int
 	require.NoError(t, pool.QueryRow(ctx, "SELECT count(*) FROM phidb_audit").Scan(&rows))
 	require.Equal(t, 1, rows)
-	events, err := auditing.ReadPostgres(ctx, pool)
+	events, err := auditing.ReadPostgres(ctx, pool, mac)
 	require.NoError(t, err)
 	require.Len(t, events, 501)
+	require.Equal(t, b.Events(), events)
 	r := auditing.Verify(events, mac, []auditing.Checkpoint{c.Head()})
 	require.True(t, r.OK(), r.String())
+}
+
+// writeBatch is a write function for AppendBatch that records the events.
+func (r *recorder) writeBatch(ctx context.Context, b *auditing.Batch) error {
+	return r.Write(ctx, b.Events())
+}
+
+// Keys given as UUIDs, as UUID texts and as other strings, in any mix,
+// make the events Append would make.
+func TestBatchKeys(t *testing.T) {
+	ctx := actorCtx("u-1")
+	mac := newChainMAC(t)
+	c := auditing.NewChain("s", mac)
+	rec := &recorder{}
+	u1, u2 := uuid.New(), uuid.New()
+	b := c.Begin()
+	b.AddUUIDs(batchTemplate(ctx), u1)
+	b.Add(batchTemplate(ctx), u2.String())
+	b.Add(batchTemplate(ctx), "42", "bad\x00key")
+	b.AddUUIDs(batchTemplate(ctx), u1)
+	require.NoError(t, c.AppendBatch(ctx, b, rec.writeBatch))
+	got := rec.all()
+	require.Equal(t, []string{u1.String(), u2.String(), "42", "bad\uFFFDkey", u1.String()},
+		[]string{got[0].PK, got[1].PK, got[2].PK, got[3].PK, got[4].PK})
+	r := auditing.Verify(got, mac, []auditing.Checkpoint{c.Head()})
+	require.True(t, r.OK(), r.String())
+
+	// The same events sealed by Append give the same hashes.
+	c2 := auditing.NewChain("s", mac)
+	again := make([]auditing.Event, len(got))
+	for i, e := range got {
+		again[i] = e
+		again[i].Seq, again[i].PrevHash, again[i].Hash = 0, nil, nil
+	}
+	require.NoError(t, c2.Append(ctx, again, nil))
+	for i := range got {
+		require.Equal(t, got[i].Hash, again[i].Hash, "event %d", i)
+	}
+}
+
+// Every event of a batch shares the template of its first Add.
+func TestBatchTemplateMismatch(t *testing.T) {
+	ctx := actorCtx("u-1")
+	c := auditing.NewChain("s", newChainMAC(t))
+	b := c.Begin()
+	b.Add(batchTemplate(ctx), "1")
+	other := batchTemplate(ctx)
+	other.Table = "visits"
+	b.Add(other, "2")
+	err := c.AppendBatch(ctx, b, nil)
+	require.Error(t, err)
+	require.Contains(t, err.Error(), "share")
+	require.Zero(t, c.Head().Seq)
+}
+
+// ReadPostgres computes the hashes inside batches with the key that sealed
+// them, after a rotation too; without a MAC it lists the events with the
+// hashes stored at batch boundaries only.
+func TestReadPostgresKeysAndNoMAC(t *testing.T) {
+	ctx := actorCtx("u-1")
+	pool := newPool(t)
+	kr, err := keys.Generate()
+	require.NoError(t, err)
+	sink := auditing.NewPostgresSink(pool)
+	old := auditing.NewChain("old", kr.AuditChainMAC())
+	require.NoError(t, old.Append(ctx, readEvents(ctx, "o", 5), sink.Write))
+	_, err = kr.RotateAudit()
+	require.NoError(t, err)
+	fresh := auditing.NewChain("new", kr.AuditChainMAC())
+	b := fresh.Begin()
+	b.Add(batchTemplate(ctx), pkRange("n", 0, 5)...)
+	require.NoError(t, fresh.AppendBatch(ctx, b, sink.WriteBatch))
+	heads := []auditing.Checkpoint{old.Head(), fresh.Head()}
+
+	events, err := auditing.ReadPostgres(ctx, pool, kr.AuditChainMAC())
+	require.NoError(t, err)
+	require.Len(t, events, 10)
+	r := auditing.Verify(events, kr.AuditMAC(), heads)
+	require.True(t, r.OK(), r.String())
+
+	// AuditMAC computes with the new key only: the old stream's batch
+	// cannot be recomputed and shows as changed.
+	events, err = auditing.ReadPostgres(ctx, pool, kr.AuditMAC())
+	require.NoError(t, err)
+	r = auditing.Verify(events, kr.AuditMAC(), heads)
+	require.Len(t, r.Problems, 1, r.String())
+	require.Equal(t, "old", r.Problems[0].Stream)
+
+	listed, err := auditing.ReadPostgres(ctx, pool, nil)
+	require.NoError(t, err)
+	require.Len(t, listed, 10)
+	for i, e := range listed {
+		require.Equal(t, events[i].PK, e.PK)
+		require.Equal(t, events[i].Seq, e.Seq)
+		if e.Seq == 5 {
+			require.Equal(t, events[i].Hash, e.Hash, "the last hash of a batch is stored")
+		} else {
+			require.Nil(t, e.Hash)
+		}
+	}
+	require.False(t, auditing.Verify(listed, kr.AuditMAC(), heads).OK())
 }

@@ -187,8 +187,20 @@ func (c *Chain) Append(ctx context.Context, events []Event, write func(ctx conte
 // finish writes events, sealed from the head (seq0, head0, time0), and
 // publishes the new head; it releases c.mu, which the caller holds.
 func (c *Chain) finish(ctx context.Context, events []Event, write func(context.Context, []Event) error, seq0 uint64, head0 []byte, time0 time.Time) error {
+	var w func(context.Context) error
 	if write != nil {
-		if err := c.callWrite(ctx, write, events, seq0, head0, time0); err != nil {
+		w = func(ctx context.Context) error { return write(ctx, events) }
+	}
+	return c.commit(ctx, w, func() { c.restore(events, seq0, head0, time0) }, seq0)
+}
+
+// commit calls write, if not nil, and publishes the head the caller sealed
+// up to; if write fails (or panics), it calls undo, which restores the head
+// the events were sealed from. It releases c.mu, which the caller holds.
+// seq0 is the sequence number before the events, for checkpoints.
+func (c *Chain) commit(ctx context.Context, write func(context.Context) error, undo func(), seq0 uint64) error {
+	if write != nil {
+		if err := c.callWrite(ctx, write, undo); err != nil {
 			c.mu.Unlock()
 			return err
 		}
@@ -250,20 +262,20 @@ func (c *Chain) deliverCheckpoints() {
 	}
 }
 
-// callWrite calls write and restores the head if it fails. If write
-// panics, the head is restored and c.mu released before the panic goes on.
-func (c *Chain) callWrite(ctx context.Context, write func(context.Context, []Event) error, events []Event, seq0 uint64, head0 []byte, time0 time.Time) (err error) {
+// callWrite calls write and undo if it fails. If write panics, undo runs
+// and c.mu is released before the panic goes on.
+func (c *Chain) callWrite(ctx context.Context, write func(context.Context) error, undo func()) (err error) {
 	ok := false
 	defer func() {
 		if !ok {
-			c.restore(events, seq0, head0, time0)
+			undo()
 			c.mu.Unlock()
 		}
 	}()
-	err = write(ctx, events)
+	err = write(ctx)
 	ok = true
 	if err != nil {
-		c.restore(events, seq0, head0, time0)
+		undo()
 	}
 	return err
 }

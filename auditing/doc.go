@@ -8,7 +8,8 @@
 //
 //	hash_n = MAC(audit key, hash_{n-1} || Canonical(event_n)),  hash_0 = empty
 //
-// and hands them, under its lock and in sequence order, to a [Sink]:
+// (a [Batch] seals the events of a large read ahead, while its rows
+// arrive) and hands them, under its lock and in sequence order, to a [Sink]:
 // [PostgresSink] (the audit table, append-only through triggers, one row per
 // batch), [JSONSink] (JSON lines), [SlogSink] (log records), [FanOut] to
 // several, and [Async] for best-effort background delivery. [Verify] reads

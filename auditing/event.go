@@ -148,15 +148,32 @@ func appendShared(dst []byte, e *Event) []byte {
 // appendCanonical appends the canonical encoding of e, whose shared fields
 // have the digest shared.
 func appendCanonical(dst []byte, e *Event, shared *[sha256.Size]byte) []byte {
-	dst = append(dst, canonicalMagic...)
-	dst = binary.BigEndian.AppendUint64(dst, e.Seq)
-	dst = append(dst, e.ID[:]...)
+	dst = appendCanonicalHead(dst, e.Seq, &e.ID)
+	return append(appendCanonicalPK(dst, e.PK), shared[:]...)
+}
+
+// appendCanonicalPK appends the canonical encoding of a primary key.
+func appendCanonicalPK(dst []byte, pk string) []byte {
 	n := len(dst)
-	dst = append(dst, 0x01, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
-	if !parseUUID((*[16]byte)(dst[n+1:]), e.PK) {
-		dst = appendStr(append(dst[:n], 0x00), e.PK)
+	dst = append(dst, pkUUID, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
+	if !parseUUID((*[16]byte)(dst[n+1:]), pk) {
+		dst = appendStr(append(dst[:n], pkString), pk)
 	}
-	return append(dst, shared[:]...)
+	return dst
+}
+
+// Markers of the two encodings of a primary key in the canonical encoding.
+const (
+	pkString = 0x00 // str follows
+	pkUUID   = 0x01 // the 16 bytes of the UUID whose canonical text the key is follow
+)
+
+// appendCanonicalHead appends the fields of the canonical encoding before
+// the primary key.
+func appendCanonicalHead(dst []byte, seq uint64, id *uuid.UUID) []byte {
+	dst = append(dst, canonicalMagic...)
+	dst = binary.BigEndian.AppendUint64(dst, seq)
+	return append(dst, id[:]...)
 }
 
 // canonicalEncoder writes what Canonical writes, keeping the digest of the

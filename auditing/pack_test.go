@@ -39,8 +39,10 @@ func requireUnpacks(t *testing.T, events []Event, p packed) {
 	for i := range got {
 		require.Equal(t, events[i].ID, got[i].ID, "id %d", i)
 		require.Equal(t, events[i].PK, got[i].PK, "pk %d", i)
-		require.Equal(t, events[i].Hash, got[i].Hash, "hash %d", i)
+		h := events[i].Hash
+		require.Equal(t, h[len(h)-checkSize:], p.checks[checkSize*i:checkSize*(i+1)], "check %d", i)
 	}
+	require.Equal(t, events[len(events)-1].Hash, p.last)
 }
 
 func TestPackUnpack(t *testing.T) {
@@ -77,7 +79,7 @@ func TestPackUnpack(t *testing.T) {
 					require.Len(t, p.pks, 1+tc.pkBytes*tc.n)
 				}
 			}
-			require.Len(t, p.hashes, 37*tc.n)
+			require.Len(t, p.checks, checkSize*tc.n)
 			requireUnpacks(t, events, p)
 		})
 	}
@@ -87,15 +89,6 @@ func TestPackUnpack(t *testing.T) {
 		events[1].ID = uuid.New()
 		p := pack(new(arena), events)
 		require.Len(t, p.ids, 48)
-		requireUnpacks(t, events, p)
-	})
-	t.Run("no hashes", func(t *testing.T) {
-		events := sealedRun(3, uuids)
-		for i := range events {
-			events[i].Hash = nil
-		}
-		p := pack(new(arena), events)
-		require.Empty(t, p.hashes)
 		requireUnpacks(t, events, p)
 	})
 }
@@ -138,7 +131,8 @@ func TestUnpackMalformed(t *testing.T) {
 	}{
 		{"ids cut", "ids", func(p *packed) { p.ids = p.ids[:15] }},
 		{"ids too many", "ids", func(p *packed) { p.ids = make([]byte, 32) }},
-		{"hashes cut", "hashes", func(p *packed) { p.hashes = p.hashes[:len(p.hashes)-1] }},
+		{"checks cut", "checks", func(p *packed) { p.checks = p.checks[:len(p.checks)-1] }},
+		{"last hash short", "last_hash", func(p *packed) { p.last = p.last[:3] }},
 		{"pks empty", "pks", func(p *packed) { p.pks = nil }},
 		{"pks unknown format", "pks", func(p *packed) { p.pks = append([]byte{7}, p.pks[1:]...) }},
 		{"pks cut", "pks", func(p *packed) { p.pks = p.pks[:len(p.pks)-1] }},
@@ -148,7 +142,7 @@ func TestUnpackMalformed(t *testing.T) {
 		{"uuid pks cut", "pks", func(p *packed) { p.pks = append([]byte{pksUUIDs}, make([]byte, 63)...) }},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			p := packed{ids: bytes.Clone(good.ids), pks: bytes.Clone(good.pks), hashes: bytes.Clone(good.hashes)}
+			p := packed{ids: bytes.Clone(good.ids), pks: bytes.Clone(good.pks), checks: bytes.Clone(good.checks), last: bytes.Clone(good.last)}
 			tc.edit(&p)
 			require.Equal(t, tc.what, unpack(p, make([]Event, 4)))
 		})

@@ -7,14 +7,17 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"runtime"
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/tink-crypto/tink-go/v2/tink"
 )
 
 // DB is what the PostgreSQL functions of this package run statements
@@ -33,16 +36,16 @@ const DefaultTable = "phidb_audit"
 // SchemaSQL creates the audit table phidb_audit and makes it append-only. It
 // is idempotent and safe to run concurrently (it takes a transaction-level
 // advisory lock); [Init] runs it. It refuses, with an error naming the
-// table, a phidb_audit of an earlier layout (with a seqs column): rename or
+// table, a phidb_audit of an earlier layout (with a seqs or a hashes column): rename or
 // export it first.
 //
-// One row holds one batch: the consecutive events of one Write that share
-// stream, time, actor, action, table, columns, purpose, client address,
-// request id, outcome and reason, and follow each other in the chain. Those
-// shared fields are stored once; the batch holds the events with sequence
-// numbers first_seq to last_seq, and prev_hash is the PrevHash of the first
-// (each later event's PrevHash is the hash before it). The per-event fields
-// are packed, in sequence order, in three bytea columns:
+// One row holds one batch: the consecutive events of one Write (or one
+// [Batch]) that share stream, time, actor, action, table, columns, purpose,
+// client address, request id, outcome and reason, and follow each other in
+// the chain. Those shared fields are stored once; the batch holds the events
+// with sequence numbers first_seq to last_seq, prev_hash is the PrevHash of
+// the first, and last_hash the Hash of the last. The per-event fields are
+// packed, in sequence order, in three bytea columns:
 //
 //   - ids: the 16-byte IDs, one after the other; or, for a batch of more
 //     than one event, only the first ID when the others follow from it: the
@@ -53,12 +56,18 @@ const DefaultTable = "phidb_audit"
 //     length (unsigned varint, as encoding/binary's AppendUvarint) followed
 //     by its UTF-8 bytes, or (0x01, when every key is the canonical
 //     lowercase text of a UUID) each key as the 16 bytes of that UUID.
-//   - hashes: the hashes, all of the same length, one after the other.
+//   - checks: the last 4 bytes of each event's hash.
 //
-// A query reading 10,000 rows with UUID primary keys thus costs one row of
-// about 530 kB (53 bytes per event), stored out of line by TOAST, without
-// compression: IDs, hashes and UUID keys are random, and compression would
-// only cost time.
+// The hashes of the events inside a batch are not stored: the chain is
+// stored as a unit per batch, and [ReadPostgres] computes them again from
+// the events with the audit key. A batch is intact when, chaining from
+// prev_hash, the hash computed for its last event is last_hash; the checks
+// tell which event of a batch that is not intact was changed first (a
+// change escapes its own check with probability 2^-32, and is then
+// reported at a later event of the batch). A query reading 10,000 rows with
+// UUID primary keys thus costs one row of about 200 kB (20 bytes per
+// event), stored out of line by TOAST, without compression: IDs, checks and
+// UUID keys are random, and compression would only cost time.
 //
 // Triggers refuse UPDATE and DELETE (row level) and TRUNCATE (statement
 // level) with the error "phidb: <op> on <schema>.<table> refused: the audit
@@ -72,7 +81,7 @@ const SchemaSQL = `SELECT pg_advisory_xact_lock(7010406352511000801);
 DO $do$
 BEGIN
 	IF EXISTS (SELECT FROM pg_attribute WHERE attrelid = to_regclass('phidb_audit')
-			AND attname = 'seqs' AND NOT attisdropped) THEN
+			AND attname IN ('seqs', 'hashes') AND NOT attisdropped) THEN
 		RAISE EXCEPTION 'phidb: the table phidb_audit has the layout of an earlier phidb version'
 			USING HINT = 'rename it (ALTER TABLE phidb_audit RENAME TO phidb_audit_old) and run Init again';
 	END IF;
@@ -97,25 +106,27 @@ CREATE TABLE IF NOT EXISTS phidb_audit (
 	reason       text        NOT NULL,
 	ids          bytea       NOT NULL,
 	pks          bytea       NOT NULL,
-	hashes       bytea       NOT NULL,
+	checks       bytea       NOT NULL,
+	last_hash    bytea       NOT NULL,
 	written_at   timestamptz NOT NULL DEFAULT now(),
 	PRIMARY KEY (stream, first_seq),
 	CONSTRAINT phidb_audit_batch_shape CHECK (
 		last_seq >= first_seq
 		AND (octet_length(ids) = 16 * (last_seq - first_seq + 1) OR octet_length(ids) = 16)
 		AND octet_length(pks) >= 1
-		AND octet_length(hashes) % (last_seq - first_seq + 1) = 0)
+		AND octet_length(checks) = 4 * (last_seq - first_seq + 1)
+		AND octet_length(last_hash) >= 4)
 );
 
 -- Storage, set once: the packed columns are stored out of line without
--- compression. IDs, hashes and UUID keys are random; compressing other keys
+-- compression. IDs, checks and UUID keys are random; compressing other keys
 -- would cost more time than it saves.
 DO $do$
 BEGIN
 	IF EXISTS (SELECT FROM pg_attribute WHERE attrelid = 'phidb_audit'::regclass
-			AND attname IN ('ids', 'pks', 'hashes') AND attstorage <> 'e') THEN
+			AND attname IN ('ids', 'pks', 'checks') AND attstorage <> 'e') THEN
 		ALTER TABLE phidb_audit ALTER COLUMN ids SET STORAGE EXTERNAL,
-			ALTER COLUMN pks SET STORAGE EXTERNAL, ALTER COLUMN hashes SET STORAGE EXTERNAL;
+			ALTER COLUMN pks SET STORAGE EXTERNAL, ALTER COLUMN checks SET STORAGE EXTERNAL;
 	END IF;
 END
 $do$;
@@ -194,11 +205,12 @@ func (s *PostgresSink) WriteIn(ctx context.Context, db DB, events []Event) error
 	if len(events) == 0 {
 		return nil
 	}
-	table := s.Table
-	if table == "" {
-		table = DefaultTable
+	table, ident := s.table()
+	for i := range events {
+		if len(events[i].Hash) < checkSize {
+			return fmt.Errorf("auditing: writing %s to %s: the event with seq %d has no hash: seal events with a Chain", describe(events), table, events[i].Seq)
+		}
 	}
-	ident := pgx.Identifier(strings.Split(table, ".")).Sanitize()
 	runs := batchRuns(events)
 	a := arenas.Get().(*arena)
 	defer a.release()
@@ -215,7 +227,56 @@ func (s *PostgresSink) WriteIn(ctx context.Context, db DB, events []Event) error
 		_, err = db.Exec(ctx, insertManySQL(ident), manyRowsArgs(a, events, runs)...)
 	}
 	if err != nil {
-		return writeError(table, events, err)
+		return writeError(table, describe(events), err)
+	}
+	return nil
+}
+
+// table returns the sink's table and its quoted identifier.
+func (s *PostgresSink) table() (string, string) {
+	table := s.Table
+	if table == "" {
+		table = DefaultTable
+	}
+	return table, pgx.Identifier(strings.Split(table, ".")).Sanitize()
+}
+
+// WriteBatch stores the events of a Batch through the sink's DB, as one
+// row, without building an Event per row: use it as the write function of
+// [Chain.AppendBatch].
+func (s *PostgresSink) WriteBatch(ctx context.Context, b *Batch) error {
+	return s.WriteBatchIn(ctx, s.DB, b)
+}
+
+// WriteBatchIn is WriteBatch through db (see [PostgresSink.WriteIn]).
+func (s *PostgresSink) WriteBatchIn(ctx context.Context, db DB, b *Batch) error {
+	if b.n == 0 {
+		return nil
+	}
+	table, ident := s.table()
+	a := arenas.Get().(*arena)
+	defer a.release()
+	var p packed
+	p.ids = b.first[:]
+	if b.strs == nil {
+		p.pks = a.alloc(1 + len(b.keys))
+		p.pks[0] = pksUUIDs
+		copy(p.pks[1:], b.keys)
+	} else {
+		p.pks = packKeys(a, b.strs)
+	}
+	p.checks = a.alloc(checkSize * b.n)
+	for i := range b.n {
+		copy(p.checks[checkSize*i:], b.hash(i)[b.tagLen-checkSize:])
+	}
+	p.last = b.head
+	f := &b.shared
+	_, err := db.Exec(ctx, insertValuesSQL(ident, 1),
+		f.Stream, int64(b.seq0+1), int64(b.seq0+uint64(b.n)), nonNil(b.prev), b.time, f.Actor.ID, f.Actor.Role, string(f.Action), f.Table,
+		nonNil(f.Columns), f.Purpose, f.ClientAddr, f.RequestID, string(f.Outcome), f.Reason,
+		p.ids, p.pks, p.checks, p.last)
+	if err != nil {
+		return writeError(table, fmt.Sprintf("%d events of stream %q, seq %d to %d", b.n, f.Stream, b.seq0+1, b.seq0+uint64(b.n)), err)
 	}
 	return nil
 }
@@ -243,10 +304,10 @@ func sameBatch(a, b *Event) bool {
 }
 
 const insertColumns = `(stream, first_seq, last_seq, prev_hash, event_time, actor_id, actor_role, action, table_name,
-	column_names, purpose, client_addr, request_id, outcome, reason, ids, pks, hashes)`
+	column_names, purpose, client_addr, request_id, outcome, reason, ids, pks, checks, last_hash)`
 
 // insertParams is the number of parameters of one row.
-const insertParams = 18
+const insertParams = 19
 
 // maxValuesRows is the largest number of rows inserted with a VALUES list
 // (one tuple of insertParams parameters per row); more rows go through
@@ -264,8 +325,8 @@ VALUES `)
 		}
 		p := r * insertParams
 		fmt.Fprintf(&b, `($%d, $%d, $%d, $%d, $%d::timestamptz, $%d, $%d, $%d, $%d, $%d::text[], $%d, $%d, $%d, $%d, $%d, `+
-			`$%d::bytea, $%d::bytea, $%d::bytea)`,
-			p+1, p+2, p+3, p+4, p+5, p+6, p+7, p+8, p+9, p+10, p+11, p+12, p+13, p+14, p+15, p+16, p+17, p+18)
+			`$%d::bytea, $%d::bytea, $%d::bytea, $%d::bytea)`,
+			p+1, p+2, p+3, p+4, p+5, p+6, p+7, p+8, p+9, p+10, p+11, p+12, p+13, p+14, p+15, p+16, p+17, p+18, p+19)
 	}
 	return b.String()
 }
@@ -274,12 +335,12 @@ VALUES `)
 func insertManySQL(ident string) string {
 	return `INSERT INTO ` + ident + ` ` + insertColumns + `
 SELECT stream, first_seq, last_seq, prev_hash, event_time, actor_id, actor_role, action, table_name,
-	column_names::text[], purpose, client_addr, request_id, outcome, reason, ids, pks, hashes
+	column_names::text[], purpose, client_addr, request_id, outcome, reason, ids, pks, checks, last_hash
 FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::bytea[], $5::timestamptz[], $6::text[], $7::text[],
 		$8::text[], $9::text[], $10::text[], $11::text[], $12::text[], $13::text[], $14::text[], $15::text[],
-		$16::bytea[], $17::bytea[], $18::bytea[])
+		$16::bytea[], $17::bytea[], $18::bytea[], $19::bytea[])
 	AS u(stream, first_seq, last_seq, prev_hash, event_time, actor_id, actor_role, action, table_name,
-		column_names, purpose, client_addr, request_id, outcome, reason, ids, pks, hashes)`
+		column_names, purpose, client_addr, request_id, outcome, reason, ids, pks, checks, last_hash)`
 }
 
 // arrayLiteral returns the PostgreSQL text[] literal of names: each element
@@ -318,8 +379,11 @@ const (
 	pksUUIDs   = 0x01 // each key: the 16 bytes of the UUID it is the canonical text of
 )
 
-// packed is the per-event columns of one row.
-type packed struct{ ids, pks, hashes []byte }
+// packed is the per-event columns of one row, and its last hash.
+type packed struct{ ids, pks, checks, last []byte }
+
+// checkSize is the length of an event's check: the last bytes of its hash.
+const checkSize = 4
 
 // arena hands out the byte slices of the packed columns of one Write. The
 // arenas are pooled: pgx copies the parameters while sending them, so the
@@ -329,7 +393,7 @@ type arena struct{ b []byte }
 var arenas = sync.Pool{New: func() any { return new(arena) }}
 
 // maxPooledArena is the largest arena kept for reuse: one 10,000-event
-// batch with UUID keys takes 530 kB.
+// batch with UUID keys takes 200 kB.
 const maxPooledArena = 4 << 20
 
 // alloc returns n bytes of the arena. A slice handed out earlier stays
@@ -376,25 +440,34 @@ func pack(a *arena, events []Event) packed {
 			break
 		}
 	}
-	hashLen := len(events[0].Hash)
-	p.hashes = a.alloc(hashLen * n)
+	p.checks = a.alloc(checkSize * n)
 	for i := range events {
-		copy(p.hashes[hashLen*i:], events[i].Hash)
+		copy(p.checks[checkSize*i:], events[i].Hash[len(events[i].Hash)-checkSize:])
 	}
+	p.last = events[n-1].Hash
 	return p
 }
 
 // packStrings encodes the primary keys of events in the pksStrings format.
 func packStrings(a *arena, events []Event) []byte {
-	size := 1
+	keys := make([]string, len(events))
 	for i := range events {
-		size += uvarintLen(uint64(len(events[i].PK))) + len(events[i].PK)
+		keys[i] = events[i].PK
+	}
+	return packKeys(a, keys)
+}
+
+// packKeys encodes keys in the pksStrings format.
+func packKeys(a *arena, keys []string) []byte {
+	size := 1
+	for _, k := range keys {
+		size += uvarintLen(uint64(len(k))) + len(k)
 	}
 	b := a.alloc(size)[:1]
 	b[0] = pksStrings
-	for i := range events {
-		b = binary.AppendUvarint(b, uint64(len(events[i].PK)))
-		b = append(b, events[i].PK...)
+	for _, k := range keys {
+		b = binary.AppendUvarint(b, uint64(len(k)))
+		b = append(b, k...)
 	}
 	return b
 }
@@ -417,13 +490,11 @@ func unpack(p packed, events []Event) string {
 	default:
 		return "ids"
 	}
-	if len(p.hashes)%n != 0 {
-		return "hashes"
+	if len(p.checks) != checkSize*n {
+		return "checks"
 	}
-	if hl := len(p.hashes) / n; hl > 0 {
-		for i := range events {
-			events[i].Hash = p.hashes[i*hl : (i+1)*hl : (i+1)*hl]
-		}
+	if len(p.last) < checkSize {
+		return "last_hash"
 	}
 	if len(p.pks) == 0 {
 		return "pks"
@@ -541,7 +612,7 @@ func appendRowArgs(args []any, a *arena, run []Event) []any {
 	return append(args,
 		f.Stream, int64(f.Seq), int64(l.Seq), nonNil(f.PrevHash), f.Time, f.Actor.ID, f.Actor.Role, string(f.Action), f.Table,
 		nonNil(f.Columns), f.Purpose, f.ClientAddr, f.RequestID, string(f.Outcome), f.Reason,
-		p.ids, p.pks, p.hashes)
+		p.ids, p.pks, p.checks, p.last)
 }
 
 // rowArrays are the parameters of several rows, one element per row.
@@ -550,7 +621,7 @@ type rowArrays struct {
 	purposes, addrs, requestIDs, outcomes, reasons          []string
 	firstSeqs, lastSeqs                                     []int64
 	times                                                   []time.Time
-	prevHashes, ids, pks, hashes                            [][]byte
+	prevHashes, ids, pks, checks, lasts                     [][]byte
 }
 
 func (r *rowArrays) add(a *arena, run []Event, columns string) {
@@ -573,7 +644,8 @@ func (r *rowArrays) add(a *arena, run []Event, columns string) {
 	r.reasons = append(r.reasons, f.Reason)
 	r.ids = append(r.ids, p.ids)
 	r.pks = append(r.pks, p.pks)
-	r.hashes = append(r.hashes, p.hashes)
+	r.checks = append(r.checks, p.checks)
+	r.lasts = append(r.lasts, p.last)
 }
 
 // columnsLiteral caches the literal of the last columns slice seen: events
@@ -602,7 +674,7 @@ func manyRowsArgs(a *arena, events []Event, ends []int) []any {
 	}
 	return []any{
 		r.streams, r.firstSeqs, r.lastSeqs, r.prevHashes, r.times, r.actorIDs, r.actorRoles, r.actions, r.tables,
-		r.columns, r.purposes, r.addrs, r.requestIDs, r.outcomes, r.reasons, r.ids, r.pks, r.hashes,
+		r.columns, r.purposes, r.addrs, r.requestIDs, r.outcomes, r.reasons, r.ids, r.pks, r.checks, r.lasts,
 	}
 }
 
@@ -612,8 +684,8 @@ func manyRowsArgs(a *arena, events []Event, ends []int) []any {
 // errors that are neither from the server, the network nor the context are
 // reduced to their type, since client-side encoding errors can quote
 // parameters.
-func writeError(table string, events []Event, err error) error {
-	what := fmt.Sprintf("auditing: writing %s to %s", describe(events), table)
+func writeError(table, events string, err error) error {
+	what := fmt.Sprintf("auditing: writing %s to %s", events, table)
 	var pgErr *pgconn.PgError
 	var netErr net.Error
 	switch {
@@ -647,21 +719,41 @@ func (e *safeError) Error() string   { return e.msg }
 func (e *safeError) Unwrap() []error { return e.errs }
 
 const selectColumns = `stream, first_seq, last_seq, prev_hash, event_time, actor_id, actor_role, action, table_name,
-	column_names, purpose, client_addr, request_id, outcome, reason, ids, pks, hashes`
+	column_names, purpose, client_addr, request_id, outcome, reason, ids, pks, checks, last_hash`
 
 // ReadPostgres returns all events of the audit table, ordered by stream and
 // sequence number, expanding each stored batch back into one Event per row
-// audited. Within a batch, an event's PrevHash is the hash of the event
-// before it. It holds the whole table in memory.
+// audited. It holds the whole table in memory.
+//
+// The hashes of the events inside a batch are not stored (see [SchemaSQL]):
+// ReadPostgres computes them again with mac, the audit MAC the events were
+// sealed with: the keyring's AuditChainMAC, which computes with the enabled
+// audit key named by each batch's last hash. (A MAC that computes with its
+// primary key only, such as AuditMAC, suits a keyring whose audit key was
+// never rotated: the events of batches sealed with another key would show as
+// changed.) An event of a batch
+// whose computed hash does not end with its stored check was changed: it
+// gets the check as its Hash, which [Verify] then reports, and so does every
+// later event of its batch. The last event of a batch always gets the stored
+// last hash. With a nil mac, only the first event of each batch has its
+// PrevHash and only the last its Hash: enough to list the events, not to
+// verify them.
 //
 // Rows come back in sequence order whatever their physical order, so
 // reordering shows up in PostgreSQL only as events whose contents were
 // swapped, which Verify reports as altered.
-func ReadPostgres(ctx context.Context, db DB) ([]Event, error) {
-	return readPostgres(ctx, db, `SELECT `+selectColumns+` FROM `+DefaultTable+` ORDER BY stream, first_seq`)
+func ReadPostgres(ctx context.Context, db DB, mac tink.MAC) ([]Event, error) {
+	return readPostgres(ctx, db, mac, `SELECT `+selectColumns+` FROM `+DefaultTable+` ORDER BY stream, first_seq`)
 }
 
-func readPostgres(ctx context.Context, db DB, sql string, args ...any) ([]Event, error) {
+// storedBatch is what readPostgres keeps of a row to compute its events'
+// hashes: where its events are, and its hash columns.
+type storedBatch struct {
+	start, n           int
+	prev, checks, last []byte
+}
+
+func readPostgres(ctx context.Context, db DB, mac tink.MAC, sql string, args ...any) ([]Event, error) {
 	rows, err := db.Query(ctx, sql, args...)
 	if err != nil {
 		return nil, fmt.Errorf("auditing: reading the audit table: %w", err)
@@ -669,6 +761,7 @@ func readPostgres(ctx context.Context, db DB, sql string, args ...any) ([]Event,
 	defer rows.Close()
 	var (
 		events      []Event
+		batches     []storedBatch
 		shared      Event
 		first, last int64
 		prev        []byte
@@ -679,7 +772,7 @@ func readPostgres(ctx context.Context, db DB, sql string, args ...any) ([]Event,
 		var action, outcome string
 		if err := rows.Scan(&shared.Stream, &first, &last, &prev, &t, &shared.Actor.ID, &shared.Actor.Role, &action,
 			&shared.Table, &shared.Columns, &shared.Purpose, &shared.ClientAddr, &shared.RequestID, &outcome,
-			&shared.Reason, &p.ids, &p.pks, &p.hashes); err != nil {
+			&shared.Reason, &p.ids, &p.pks, &p.checks, &p.last); err != nil {
 			return nil, fmt.Errorf("auditing: reading the audit table: %w", err)
 		}
 		shared.Action, shared.Outcome, shared.Time = Action(action), Outcome(outcome), t.UTC()
@@ -701,12 +794,10 @@ func readPostgres(ctx context.Context, db DB, sql string, args ...any) ([]Event,
 		if what := unpack(p, batch); what != "" {
 			return nil, fmt.Errorf("auditing: reading the audit table: batch of stream %q at seq %d is malformed (%s)", shared.Stream, first, what)
 		}
-		if len(prev) > 0 {
-			batch[0].PrevHash = prev
+		if len(prev) == 0 {
+			prev = nil
 		}
-		for i := 1; i < n; i++ {
-			batch[i].PrevHash = batch[i-1].Hash
-		}
+		batches = append(batches, storedBatch{start: len(events), n: n, prev: prev, checks: p.checks, last: p.last})
 		events = events[:len(events)+n]
 		// Fresh slices for the next row: the events keep these.
 		shared.Columns, prev, p = nil, nil, packed{}
@@ -714,7 +805,90 @@ func readPostgres(ctx context.Context, db DB, sql string, args ...any) ([]Event,
 	if err := rows.Err(); err != nil {
 		return nil, fmt.Errorf("auditing: reading the audit table: %w", err)
 	}
+	if err := rehash(events, batches, mac); err != nil {
+		return nil, err
+	}
 	return events, nil
+}
+
+// keyedMAC is a MAC that computes tags with any of its keys: keys.ChainMAC.
+type keyedMAC interface {
+	// AppendMACWithKeyOf appends to dst the tag of data computed with the
+	// key that computed tag (named by tag's Tink prefix), or with the
+	// primary key if no enabled key has that prefix.
+	AppendMACWithKeyOf(dst, tag, data []byte) ([]byte, error)
+}
+
+// rehash sets PrevHash and Hash of the events of stored batches, computing
+// the hashes inside each batch with mac (see ReadPostgres). Batches are
+// independent: they are spread over all CPUs.
+func rehash(events []Event, batches []storedBatch, mac tink.MAC) error {
+	if mac == nil {
+		for _, sb := range batches {
+			events[sb.start].PrevHash = sb.prev
+			events[sb.start+sb.n-1].Hash = sb.last
+		}
+		return nil
+	}
+	workers := runtime.GOMAXPROCS(0)
+	if len(events) < 4096 {
+		workers = 1
+	}
+	var (
+		wg    sync.WaitGroup
+		next  atomic.Int64
+		errMu sync.Mutex
+		first error
+	)
+	for range workers {
+		wg.Go(func() {
+			var (
+				enc canonicalEncoder
+				buf []byte
+				tag []byte
+			)
+			for {
+				k := int(next.Add(1)) - 1
+				if k >= len(batches) {
+					return
+				}
+				sb := batches[k]
+				batch := events[sb.start : sb.start+sb.n]
+				prev := sb.prev
+				for i := range batch {
+					e := &batch[i]
+					e.PrevHash = prev
+					buf = enc.append(append(buf[:0], prev...), e)
+					var err error
+					if km, ok := mac.(keyedMAC); ok {
+						tag, err = km.AppendMACWithKeyOf(tag[:0], sb.last, buf)
+					} else {
+						tag, err = mac.ComputeMAC(buf)
+					}
+					if err != nil {
+						errMu.Lock()
+						if first == nil {
+							first = fmt.Errorf("auditing: reading the audit table: computing the hashes of stream %q seq %d: %w", e.Stream, e.Seq, err)
+						}
+						errMu.Unlock()
+						return
+					}
+					check := sb.checks[checkSize*i : checkSize*(i+1)]
+					switch {
+					case i == len(batch)-1:
+						e.Hash = sb.last
+					case len(tag) >= checkSize && bytes.Equal(tag[len(tag)-checkSize:], check):
+						e.Hash = bytes.Clone(tag)
+					default:
+						e.Hash = check // the event was changed: a hash that does not verify
+					}
+					prev = e.Hash
+				}
+			}
+		})
+	}
+	wg.Wait()
+	return first
 }
 
 // LastPostgres returns the head of stream as stored in the audit table: the
@@ -726,9 +900,7 @@ func LastPostgres(ctx context.Context, db DB, stream string) (Checkpoint, bool, 
 		hash []byte
 		t    time.Time
 	)
-	err := queryRow(ctx, db, `SELECT last_seq,
-	substring(hashes FROM octet_length(hashes) - (octet_length(hashes) / (last_seq - first_seq + 1))::int + 1),
-	event_time
+	err := queryRow(ctx, db, `SELECT last_seq, last_hash, event_time
 FROM `+DefaultTable+` WHERE stream = $1 ORDER BY first_seq DESC LIMIT 1`, []any{stream}, &seq, &hash, &t)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return Checkpoint{Stream: stream}, false, nil

@@ -56,7 +56,7 @@ func TestPostgresRoundTrip(t *testing.T) {
 	wg.Wait()
 
 	rows, err := pool.Query(ctx, `SELECT attname, attstorage::text, attcompression::text FROM pg_attribute
-		WHERE attrelid = 'phidb_audit'::regclass AND attname IN ('ids', 'hashes', 'pks') ORDER BY attname`)
+		WHERE attrelid = 'phidb_audit'::regclass AND attname IN ('ids', 'checks', 'pks') ORDER BY attname`)
 	require.NoError(t, err)
 	storage, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (string, error) {
 		var name, st, comp string
@@ -64,7 +64,7 @@ func TestPostgresRoundTrip(t *testing.T) {
 		return name + ":" + st + comp, err
 	})
 	require.NoError(t, err)
-	require.Equal(t, []string{"hashes:e", "ids:e", "pks:e"}, storage, "packed columns out of line, uncompressed")
+	require.Equal(t, []string{"checks:e", "ids:e", "pks:e"}, storage, "packed columns out of line, uncompressed")
 
 	mac := newMAC(t)
 	pg := auditing.NewPostgresSink(pool)
@@ -130,7 +130,7 @@ func TestPostgresRoundTrip(t *testing.T) {
 	require.Equal(t, 11, countRows(t, pool, "WHERE stream = 'pool-c'"), "mixed batch: 5 rows, unshared: 5")
 	require.Equal(t, 2, countRows(t, pool, "WHERE stream IN ('pool-d', 'pool-e')"))
 
-	got, err := auditing.ReadPostgres(ctx, pool)
+	got, err := auditing.ReadPostgres(ctx, pool, mac)
 	require.NoError(t, err)
 	want := sortEvents(rec.all())
 	require.Len(t, got, 10000+3+5+1+1+7+7+2+5+3+300+3+3)
@@ -187,7 +187,7 @@ func TestPostgresAppendOnly(t *testing.T) {
 		require.Equal(t, "phidb: "+op+" on public.phidb_audit refused: the audit log is append-only", pgErr.Message)
 	}
 	require.NoError(t, c.Append(u, readEvents(u, "q", 2), sink.Write))
-	events, err := auditing.ReadPostgres(ctx, pool)
+	events, err := auditing.ReadPostgres(ctx, pool, mac)
 	require.NoError(t, err)
 	require.Len(t, events, 5)
 	require.True(t, auditing.Verify(events, mac, []auditing.Checkpoint{c.Head()}).OK())
@@ -216,8 +216,8 @@ func TestPostgresTamperedCopy(t *testing.T) {
 
 	// The per-event columns are packed (see SchemaSQL). The primary keys of
 	// tamperLog's rows are "s-0", "s-1", ...: after the format byte, each is
-	// 4 bytes (length, then 3 bytes), so the 5th starts at byte 18. Hashes
-	// are 37 bytes. pg_temp.explicit_ids turns the IDs of a row of n events
+	// 4 bytes (length, then 3 bytes), so the 5th starts at byte 18. Checks
+	// are 4 bytes. pg_temp.explicit_ids turns the IDs of a row of n events
 	// into one 16-byte ID per event.
 	cases := []struct {
 		name, sql string
@@ -233,21 +233,28 @@ func TestPostgresTamperedCopy(t *testing.T) {
 			WHERE stream = 's' AND first_seq = 11`, 0, ""},
 		{"time of seqs 11-20 changed", "UPDATE phidb_audit SET event_time = event_time - interval '1 hour' WHERE stream = 's' AND first_seq = 11", 11, auditing.KindAltered},
 		{"columns of seqs 7-10 changed", "UPDATE phidb_audit SET column_names = '{name}' WHERE stream = 's' AND first_seq = 7", 7, auditing.KindAltered},
-		{"hash of seq 7 replaced", "UPDATE phidb_audit SET hashes = overlay(hashes PLACING substring(hashes FROM 38 FOR 37) FROM 1 FOR 37) WHERE stream = 's' AND first_seq = 7", 7, auditing.KindAltered},
-		{"seq 7 deleted", `UPDATE phidb_audit SET first_seq = 8, prev_hash = substring(hashes FROM 1 FOR 37),
+		{"check of seq 8 replaced", "UPDATE phidb_audit SET checks = overlay(checks PLACING substring(checks FROM 9 FOR 4) FROM 5 FOR 4) WHERE stream = 's' AND first_seq = 7", 8, auditing.KindAltered},
+		{"last hash of batch 7-10 replaced", "UPDATE phidb_audit SET last_hash = (SELECT last_hash FROM phidb_audit WHERE stream = 's' AND first_seq = 1) WHERE stream = 's' AND first_seq = 7", 10, auditing.KindAltered},
+		{"prev hash of batch 7-10 replaced", "UPDATE phidb_audit SET prev_hash = last_hash WHERE stream = 's' AND first_seq = 7", 7, auditing.KindAltered},
+		{"pk of seq 10, the last of its batch, changed", `UPDATE phidb_audit SET pks = overlay(pks PLACING convert_to('s-9', 'UTF8') FROM 15 FOR 3)
+			WHERE stream = 's' AND first_seq = 7`, 10, auditing.KindAltered},
+		{"seq 7 deleted", `UPDATE phidb_audit SET first_seq = 8,
 			ids = substring(pg_temp.explicit_ids(ids, 4) FROM 17), pks = overlay(pks PLACING ''::bytea FROM 2 FOR 4),
-			hashes = substring(hashes FROM 38) WHERE stream = 's' AND first_seq = 7`, 7, auditing.KindMissing},
+			checks = substring(checks FROM 5) WHERE stream = 's' AND first_seq = 7`, 7, auditing.KindMissing},
+		// Splitting a batch around a removed event leaves the first part
+		// without its true last hash (batches are chained as a unit), so the
+		// break shows at the event before the removed one.
 		{"seq 15 deleted", `INSERT INTO phidb_audit (stream, first_seq, last_seq, prev_hash, event_time, actor_id, actor_role, action,
-				table_name, column_names, purpose, client_addr, request_id, outcome, reason, ids, pks, hashes, written_at)
-			SELECT stream, 16, 20, substring(hashes FROM 149 FOR 37), event_time, actor_id, actor_role, action,
+				table_name, column_names, purpose, client_addr, request_id, outcome, reason, ids, pks, checks, last_hash, written_at)
+			SELECT stream, 16, 20, prev_hash, event_time, actor_id, actor_role, action,
 				table_name, column_names, purpose, client_addr, request_id, outcome, reason,
-				substring(pg_temp.explicit_ids(ids, 10) FROM 81), '\x00'::bytea || substring(pks FROM 22), substring(hashes FROM 186), written_at
+				substring(pg_temp.explicit_ids(ids, 10) FROM 81), '\x00'::bytea || substring(pks FROM 22), substring(checks FROM 21), last_hash, written_at
 			FROM phidb_audit WHERE stream = 's' AND first_seq = 11;
 			UPDATE phidb_audit SET last_seq = 14, ids = substring(pg_temp.explicit_ids(ids, 10) FROM 1 FOR 64),
-				pks = substring(pks FROM 1 FOR 17), hashes = substring(hashes FROM 1 FOR 148) WHERE stream = 's' AND first_seq = 11`, 15, auditing.KindMissing},
+				pks = substring(pks FROM 1 FOR 17), checks = substring(checks FROM 1 FOR 16) WHERE stream = 's' AND first_seq = 11`, 14, auditing.KindAltered},
 		{"seq 15 cut out of its batch, the later ones renumbered", `UPDATE phidb_audit SET last_seq = 19,
 			ids = overlay(pg_temp.explicit_ids(ids, 10) PLACING ''::bytea FROM 65 FOR 16), pks = overlay(pks PLACING ''::bytea FROM 18 FOR 4),
-			hashes = overlay(hashes PLACING ''::bytea FROM 149 FOR 37) WHERE stream = 's' AND first_seq = 11`, 15, auditing.KindAltered},
+			checks = overlay(checks PLACING ''::bytea FROM 17 FOR 4) WHERE stream = 's' AND first_seq = 11`, 15, auditing.KindAltered},
 		{"batch 7-10 deleted", "DELETE FROM phidb_audit WHERE stream = 's' AND first_seq = 7", 7, auditing.KindMissing},
 		{"tail 11-20 deleted", "DELETE FROM phidb_audit WHERE stream = 's' AND first_seq = 11", 11, auditing.KindTruncated},
 	}
@@ -269,7 +276,7 @@ func TestPostgresTamperedCopy(t *testing.T) {
 			}
 			defer conn.Exec(ctx, "RESET search_path")
 
-			events, err := auditing.ReadPostgres(ctx, conn)
+			events, err := auditing.ReadPostgres(ctx, conn, mac)
 			require.NoError(t, err)
 			r := auditing.Verify(events, mac, heads)
 			if tc.kind == "" {
@@ -283,7 +290,7 @@ func TestPostgresTamperedCopy(t *testing.T) {
 	}
 
 	// The original is untouched and intact.
-	events, err := auditing.ReadPostgres(ctx, pool)
+	events, err := auditing.ReadPostgres(ctx, pool, mac)
 	require.NoError(t, err)
 	require.True(t, auditing.Verify(events, mac, heads).OK())
 }
@@ -315,7 +322,7 @@ func TestPostgresTamperedWithTriggersDisabled(t *testing.T) {
 		_, err := pool.Exec(ctx, sql)
 		require.NoError(t, err, sql)
 	}
-	events, err := auditing.ReadPostgres(ctx, pool)
+	events, err := auditing.ReadPostgres(ctx, pool, mac)
 	require.NoError(t, err)
 	r := auditing.Verify(events, mac, heads)
 	require.Len(t, r.Problems, 2, r.String())
@@ -349,7 +356,7 @@ func TestPostgresResume(t *testing.T) {
 	require.Equal(t, uint64(9), more[0].Seq)
 	require.Equal(t, cp.Hash, more[0].PrevHash)
 
-	events, err := auditing.ReadPostgres(ctx, pool)
+	events, err := auditing.ReadPostgres(ctx, pool, mac)
 	require.NoError(t, err)
 	require.Len(t, events, 13)
 	r := auditing.Verify(events, mac, []auditing.Checkpoint{cp, second.Head()})
@@ -391,7 +398,7 @@ func TestPostgresWriteInTransaction(t *testing.T) {
 	require.NoError(t, insert("p3", false))
 	require.Equal(t, uint64(2), c.Head().Seq, "the failed transaction took no seq")
 
-	events, err := auditing.ReadPostgres(ctx, pool)
+	events, err := auditing.ReadPostgres(ctx, pool, mac)
 	require.NoError(t, err)
 	require.Len(t, events, 2)
 	require.Equal(t, []string{"p1", "p3"}, []string{events[0].PK, events[1].PK})
@@ -405,7 +412,7 @@ func TestPostgresWriteInTransaction(t *testing.T) {
 	}))
 	require.NoError(t, tx.Rollback(ctx))
 	require.NoError(t, c.Append(u, readEvents(u, "after", 1), auditing.NewPostgresSink(pool).Write))
-	events, err = auditing.ReadPostgres(ctx, pool)
+	events, err = auditing.ReadPostgres(ctx, pool, mac)
 	require.NoError(t, err)
 	requireProblem(t, auditing.Verify(events, mac, nil), "tx", 3, auditing.KindMissing)
 }
@@ -437,7 +444,7 @@ func TestPostgresConflict(t *testing.T) {
 	require.True(t, ok)
 	two.Reset(cp.Seq, cp.Hash)
 	require.NoError(t, two.Append(u, readEvents(u, "two", 2), sink.Write))
-	events, err := auditing.ReadPostgres(ctx, pool)
+	events, err := auditing.ReadPostgres(ctx, pool, mac)
 	require.NoError(t, err)
 	require.Len(t, events, 5)
 	require.True(t, auditing.Verify(events, mac, []auditing.Checkpoint{two.Head()}).OK())
@@ -511,7 +518,7 @@ func TestPostgresConcurrent(t *testing.T) {
 		})
 	}
 	wg.Wait()
-	events, err := auditing.ReadPostgres(ctx, pool)
+	events, err := auditing.ReadPostgres(ctx, pool, mac)
 	require.NoError(t, err)
 	require.Len(t, events, total)
 	r := auditing.Verify(events, mac, []auditing.Checkpoint{c.Head()})
@@ -562,7 +569,7 @@ func TestPostgresQueryExecModes(t *testing.T) {
 			many[7].Columns = []string{`q"uote`, ""}
 			require.NoError(t, c.Append(u, many, sink.Write)) // 21 rows through unnest
 
-			events, err := auditing.ReadPostgres(ctx, pool)
+			events, err := auditing.ReadPostgres(ctx, pool, mac)
 			require.NoError(t, err)
 			var mine []auditing.Event
 			for _, e := range events {

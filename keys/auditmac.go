@@ -34,33 +34,56 @@ var errChainMACVerify = errors.New("keys: audit MAC verification failed")
 //	0x01 || key id (4 bytes, big-endian) || HMAC-SHA256(primary key, data)
 //
 // without building a new HMAC for every call: it keeps HMAC states keyed
-// with the primary audit key (their precomputed inner and outer pads) in a
-// pool and resets them between uses. The hash chain of package auditing
+// with each enabled audit key (their precomputed inner and outer pads) in
+// pools and resets them between uses. The hash chain of package auditing
 // computes one MAC per audited row, so this matters for large results.
 //
 // VerifyMAC accepts the same tags as AuditMAC's VerifyMAC: a tag of the
 // primary key is checked on the fast path (in constant time), any other tag
-// by the Tink primitive over the whole keyset.
+// by the Tink primitive over the whole keyset. AppendMACWithKeyOf computes
+// with an older enabled key, to recompute hashes sealed before a rotation.
 //
-// A ChainMAC never exposes the key. It is immutable and safe for concurrent
-// use, and belongs to the keyset version it was built from: after a
-// rotation, [Keyring.AuditChainMAC] returns a new one.
+// A ChainMAC never exposes the keys. It is immutable and safe for
+// concurrent use, and belongs to the keyset version it was built from:
+// after a rotation, [Keyring.AuditChainMAC] returns a new one.
 type ChainMAC struct {
-	full   tink.MAC // the keyset's Tink MAC, for the tags of other keys
+	full    tink.MAC // the keyset's Tink MAC, for the tags of other keys
+	keyID   uint32
+	primary *chainKey
+	byID    map[uint32]*chainKey // every enabled key
+}
+
+// chainKey is the HMAC of one audit key, with its Tink prefix.
+type chainKey struct {
 	prefix [chainMACPrefixSize]byte
-	keyID  uint32
-	proto  hash.Cloner // HMAC-SHA256 keyed with the primary key, never written to
+	proto  hash.Cloner // HMAC-SHA256 keyed with the key, never written to
 	pool   sync.Pool   // of hash.Hash cloned from proto
 }
 
-// newChainMAC builds the ChainMAC of the primary audit key k, whose Tink key
-// id is id, over full, the Tink MAC of the whole keyset. k has passed
-// checkAuditKey (32-byte key, 32-byte tag, SHA-256, Tink prefix).
-func newChainMAC(k *tinkhmac.Key, id uint32, full tink.MAC) (*ChainMAC, error) {
-	m := &ChainMAC{full: full, keyID: id}
-	m.prefix[0] = 0x01
-	binary.BigEndian.PutUint32(m.prefix[1:], id)
-	if p := k.OutputPrefix(); string(p) != string(m.prefix[:]) {
+// newChainMAC builds the ChainMAC of the enabled audit keys, by Tink key id,
+// of which primary is the primary, over full, the Tink MAC of the whole
+// keyset. The keys have passed checkAuditKey (32-byte key, 32-byte tag,
+// SHA-256, Tink prefix).
+func newChainMAC(enabled map[uint32]*tinkhmac.Key, primary uint32, full tink.MAC) (*ChainMAC, error) {
+	m := &ChainMAC{full: full, keyID: primary, byID: make(map[uint32]*chainKey, len(enabled))}
+	for id, k := range enabled {
+		ck, err := newChainKey(k, id)
+		if err != nil {
+			return nil, err
+		}
+		m.byID[id] = ck
+	}
+	if m.primary = m.byID[primary]; m.primary == nil {
+		return nil, fmt.Errorf("audit key %d: the primary key is not enabled", primary)
+	}
+	return m, nil
+}
+
+func newChainKey(k *tinkhmac.Key, id uint32) (*chainKey, error) {
+	ck := &chainKey{}
+	ck.prefix[0] = 0x01
+	binary.BigEndian.PutUint32(ck.prefix[1:], id)
+	if p := k.OutputPrefix(); string(p) != string(ck.prefix[:]) {
 		return nil, fmt.Errorf("audit key %d: unexpected Tink output prefix", id)
 	}
 	// Data returns a copy of the key bytes; hmac.New derives its pads from
@@ -81,15 +104,26 @@ func newChainMAC(k *tinkhmac.Key, id uint32, full tink.MAC) (*ChainMAC, error) {
 	if _, err := c.Clone(); err != nil {
 		return nil, fmt.Errorf("audit key %d: HMAC-SHA256 cannot be cloned", id)
 	}
-	m.proto = c
-	m.pool.New = func() any {
-		c, err := m.proto.Clone() // checked above: does not fail
+	ck.proto = c
+	ck.pool.New = func() any {
+		c, err := ck.proto.Clone() // checked above: does not fail
 		if err != nil {
 			panic("keys: cloning the audit HMAC: " + err.Error())
 		}
 		return c
 	}
-	return m, nil
+	return ck, nil
+}
+
+// appendMAC appends the Tink tag of data under k.
+func (k *chainKey) appendMAC(dst, data []byte) []byte {
+	h := k.pool.Get().(hash.Hash)
+	h.Reset()
+	h.Write(data)
+	dst = append(dst, k.prefix[:]...)
+	dst = h.Sum(dst)
+	k.pool.Put(h)
+	return dst
 }
 
 // KeyID returns the id of the audit key the ChainMAC computes tags with, the
@@ -101,13 +135,20 @@ func (m *ChainMAC) KeyID() uint32 { return m.keyID }
 // dst has room for the tag. It never fails; the error is for interfaces
 // that allow one.
 func (m *ChainMAC) AppendMAC(dst, data []byte) ([]byte, error) {
-	h := m.pool.Get().(hash.Hash)
-	h.Reset()
-	h.Write(data)
-	dst = append(dst, m.prefix[:]...)
-	dst = h.Sum(dst)
-	m.pool.Put(h)
-	return dst, nil
+	return m.primary.appendMAC(dst, data), nil
+}
+
+// AppendMACWithKeyOf appends to dst the tag of data computed with the
+// enabled key whose Tink prefix starts tag, or with the primary key if no
+// enabled key has that prefix. It never fails.
+func (m *ChainMAC) AppendMACWithKeyOf(dst, tag, data []byte) ([]byte, error) {
+	k := m.primary
+	if len(tag) >= chainMACPrefixSize && tag[0] == 0x01 {
+		if ck := m.byID[binary.BigEndian.Uint32(tag[1:])]; ck != nil {
+			k = ck
+		}
+	}
+	return k.appendMAC(dst, data), nil
 }
 
 // ComputeMAC returns the tag of data: 0x01 || key id || HMAC-SHA256, as the
@@ -119,7 +160,7 @@ func (m *ChainMAC) ComputeMAC(data []byte) ([]byte, error) {
 // VerifyMAC reports whether tag is a valid tag of data under an enabled key
 // of the audit keyset this ChainMAC was built from.
 func (m *ChainMAC) VerifyMAC(tag, data []byte) error {
-	if len(tag) != ChainTagSize || string(tag[:chainMACPrefixSize]) != string(m.prefix[:]) {
+	if len(tag) != ChainTagSize || string(tag[:chainMACPrefixSize]) != string(m.primary.prefix[:]) {
 		return m.full.VerifyMAC(tag, data) // another key's tag, or none
 	}
 	var buf [ChainTagSize]byte

@@ -162,6 +162,7 @@ func newVersion(s slot, h *keyset.Handle) (*version, error) {
 	}
 	hasPrimary := false
 	var primaryKey key.Key
+	auditKeys := map[uint32]*hmac.Key{} // enabled keys of the audit slot
 	for i := range h.Len() {
 		e, err := h.Entry(i)
 		if err != nil {
@@ -177,6 +178,9 @@ func newVersion(s slot, h *keyset.Handle) (*version, error) {
 			info.Status = StatusEnabled
 			v.enabled[id] = struct{}{}
 			v.enabledIDs = append(v.enabledIDs, id)
+			if k, ok := e.Key().(*hmac.Key); ok && s == slotAudit {
+				auditKeys[id] = k
+			}
 		case keyset.Disabled:
 			info.Status = StatusDisabled
 		default:
@@ -210,8 +214,7 @@ func newVersion(s slot, h *keyset.Handle) (*version, error) {
 		}
 	case slotAudit:
 		if v.mac, err = mac.New(h); err == nil {
-			// checkAuditKey has accepted it: an *hmac.Key.
-			v.chainMAC, err = newChainMAC(primaryKey.(*hmac.Key), v.primary, v.mac)
+			v.chainMAC, err = newChainMAC(auditKeys, v.primary, v.mac)
 		}
 	}
 	if err != nil {

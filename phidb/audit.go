@@ -126,7 +126,19 @@ func (a *auditor) recordBatch(ctx context.Context, b *auditing.Batch) error {
 		defer conn.Release()
 		db = conn
 	}
-	return a.chain.AppendBatch(ctx, b, a.writer(db, nil))
+	return a.chain.AppendBatch(ctx, b, func(ctx context.Context, b *auditing.Batch) error {
+		if a.pg != nil {
+			if err := a.pg.WriteBatchIn(ctx, db, b); err != nil {
+				return fmt.Errorf("phidb: recording audit events: %w", err)
+			}
+		}
+		if a.sink != nil {
+			if err := a.sink.Write(ctx, b.Events()); err != nil {
+				return fmt.Errorf("phidb: recording audit events: %w", err)
+			}
+		}
+		return nil
+	})
 }
 
 // writer returns the function that stores sealed events: in PostgreSQL

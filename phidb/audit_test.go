@@ -19,6 +19,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/phidb/phidb/auditing"
+	"github.com/phidb/phidb/codec"
 	"github.com/phidb/phidb/internal/pgtest"
 	"github.com/phidb/phidb/keys"
 	"github.com/phidb/phidb/phidb"
@@ -50,7 +51,7 @@ func clinician(ctx context.Context) context.Context {
 
 func storedEvents(t testing.TB, db *phidb.Pool) []auditing.Event {
 	t.Helper()
-	events, err := auditing.ReadPostgres(context.Background(), db)
+	events, err := auditing.ReadPostgres(context.Background(), db, db.Keys().AuditChainMAC())
 	require.NoError(t, err)
 	return events
 }
@@ -451,4 +452,52 @@ func TestAuditLargeReads(t *testing.T) {
 			}
 		})
 	}
+}
+
+// A large read (its events sealed while it streams) that fails half way,
+// or whose events cannot be stored, returns no rows and records no read.
+func TestAuditLargeReadFailures(t *testing.T) {
+	kr := testKeys(t)
+	db := auditedPool(t, pgtest.NewDatabase(t), kr, phidb.Config{},
+		`CREATE TABLE audited_notes (id uuid PRIMARY KEY, text bytea)`)
+	ctx := clinician(context.Background())
+	notes := make([]auditedNote, 1000)
+	for i := range notes {
+		notes[i] = auditedNote{ID: uuid.Must(uuid.NewV7()), Text: fmt.Sprint("secret note ", i)}
+	}
+	_, err := phidb.InsertMany(ctx, db, notes)
+	require.NoError(t, err)
+	before := len(storedEvents(t, db))
+
+	// Row 700 carries row 1's ciphertext: decryption fails after several
+	// chunks were sealed.
+	_, err = db.Exec(ctx, `UPDATE audited_notes SET text = (SELECT text FROM audited_notes WHERE id = $1) WHERE id = $2`,
+		notes[1].ID, notes[700].ID)
+	require.NoError(t, err)
+	got, err := phidb.Select[auditedNote](ctx, db, "SELECT * FROM audited_notes ORDER BY id")
+	require.ErrorIs(t, err, codec.ErrTampered)
+	require.Nil(t, got)
+	events := storedEvents(t, db)
+	require.Len(t, events, before+1, "only the failure is recorded")
+	require.Equal(t, auditing.OutcomeError, events[before].Outcome)
+	require.True(t, auditing.Verify(events, kr.AuditMAC(), []auditing.Checkpoint{db.AuditHead()}).OK())
+
+	// The rows are fine again (without the broken one); now the sink fails.
+	_, err = db.Exec(ctx, `DELETE FROM audited_notes WHERE id = $1`, notes[700].ID)
+	require.NoError(t, err)
+	failing, err := phidb.New(ctx, db.Config().ConnConfig.ConnString(), phidb.Config{Keys: kr, AuditSink: failSink{}})
+	require.NoError(t, err)
+	defer failing.Close()
+	got, err = phidb.Select[auditedNote](ctx, failing, "SELECT * FROM audited_notes ORDER BY id")
+	require.ErrorContains(t, err, "sink down")
+	require.Nil(t, got)
+	noLeak(t, err, "secret note")
+
+	// And with both, the read works and is recorded once per row.
+	got, err = phidb.Select[auditedNote](ctx, db, "SELECT * FROM audited_notes ORDER BY id")
+	require.NoError(t, err)
+	require.Len(t, got, len(notes)-1)
+	events = storedEvents(t, db)
+	require.Len(t, events, before+1+len(notes)-1)
+	require.True(t, auditing.Verify(events, kr.AuditMAC(), []auditing.Checkpoint{db.AuditHead()}).OK())
 }

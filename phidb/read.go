@@ -179,7 +179,6 @@ func query[T any](ctx context.Context, q Querier, limit int, sql string, args []
 	if e.audit != nil && len(out) > 0 {
 		if batch != nil {
 			err = e.audit.recordBatch(ctx, batch)
-			e.audit.release(batch.Events())
 		} else {
 			events, done := e.audit.newEvents(ctx, action, s.Table, cols, pkStrings(s, out))
 			err = e.audit.record(ctx, events, nil)

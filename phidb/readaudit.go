@@ -2,6 +2,9 @@ package phidb
 
 import (
 	"context"
+	"reflect"
+
+	"github.com/google/uuid"
 
 	"github.com/phidb/phidb/auditing"
 	"github.com/phidb/phidb/codec"
@@ -41,13 +44,19 @@ func (r *readAudit[T]) add(rows []T, columns []string) {
 	}
 	if r.work == nil {
 		r.template = auditing.NewEvents(r.ctx, r.action, r.s.Table, columns, "")[0]
-		r.batch = r.a.chain.Begin(r.a.buffer())
+		r.batch = r.a.chain.Begin()
 		r.work = make(chan []T, 64)
 		r.done = make(chan struct{})
 		go func() {
 			defer close(r.done)
+			var keys []uuid.UUID // reused: the batch copies them
 			for rows := range r.work {
-				r.batch.Add(r.template, pkStrings(r.s, rows)...)
+				if r.s.PK != nil && r.s.PK.Type == reflect.TypeFor[uuid.UUID]() {
+					keys = pkUUIDs(keys[:0], r.s, rows)
+					r.batch.AddUUIDs(r.template, keys...)
+				} else {
+					r.batch.Add(r.template, pkStrings(r.s, rows)...)
+				}
 			}
 		}()
 	}
@@ -75,4 +84,13 @@ func (r *readAudit[T]) stop() {
 		<-r.done
 		r.work = nil
 	}
+}
+
+// pkUUIDs appends to keys the primary keys of rows whose key field is a
+// uuid.UUID.
+func pkUUIDs[T any](keys []uuid.UUID, s *codec.Schema, rows []T) []uuid.UUID {
+	for i := range rows {
+		keys = append(keys, uuid.UUID(s.PK.Value(reflect.ValueOf(&rows[i]).Elem()).Bytes()))
+	}
+	return keys
 }

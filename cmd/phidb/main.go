@@ -201,7 +201,7 @@ func auditVerify(ctx context.Context, args []string, stdout io.Writer) (int, err
 			return 0, err
 		}
 		defer db.Close()
-		if events, err = auditing.ReadPostgres(ctx, db); err != nil {
+		if events, err = auditing.ReadPostgres(ctx, db, kr.AuditChainMAC()); err != nil {
 			return 0, err
 		}
 	}

@@ -144,7 +144,7 @@ func run(ctx context.Context) error {
 	}
 
 	fmt.Println("\nThe audit trail in phidb_audit (who, what, which row; never values):")
-	events, err := auditing.ReadPostgres(ctx, db)
+	events, err := auditing.ReadPostgres(ctx, db, kr.AuditChainMAC())
 	if err != nil {
 		return err
 	}
