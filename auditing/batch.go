@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -29,9 +30,11 @@ import (
 // the chain is the same either way, and a Batch only saves time when it has
 // the chain to itself.
 //
-// All events of a Batch get the time of Begin and consecutive UUIDv7 IDs
-// from one random start (see [SchemaSQL]). A Batch is used by one goroutine
-// at a time, and appended once.
+// All events of a Batch get one time and consecutive UUIDv7 IDs from one
+// random start (see [SchemaSQL]): those of Begin, or, if the batch had to
+// be sealed again, those of the last sealing, so that times never go back
+// along the chain. For phidb's reads, that is when the rows began to arrive.
+// A Batch is used by one goroutine at a time, and appended once.
 type Batch struct {
 	chain *Chain
 	gen   uint64    // the chain's head generation when sealed
@@ -52,10 +55,11 @@ type Batch struct {
 	tags   [][]byte // each event's hash, tagLen bytes each, tagsPerChunk events per chunk
 	tagLen int
 
-	buf    []byte
-	events []Event // built by Events
-	err    error
-	used   bool
+	buf     []byte
+	events  []Event // built by Events
+	err     error
+	used    bool
+	writing bool // AppendBatch is handing the batch to its write function
 }
 
 // Errors of Batch.
@@ -171,7 +175,7 @@ func (b *Batch) toStrings() {
 }
 
 // tagsPerChunk is how many hashes one chunk of Batch.tags holds: growing
-// the hashes never copies them.
+// the hashes copies at most one chunk (none for tags of the usual size).
 const tagsPerChunk = 1024
 
 // seal seals the events from index start on, continuing from b.head.
@@ -215,6 +219,7 @@ func (b *Batch) seal(start int) {
 		}
 		if err != nil {
 			b.err = fmt.Errorf("auditing: computing the MAC of stream %q seq %d: %w", b.chain.stream, b.seq0+uint64(i)+1, err)
+			b.n = i // only the events sealed count
 			return
 		}
 		b.tags[c] = chunk
@@ -225,9 +230,14 @@ func (b *Batch) seal(start int) {
 }
 
 // reseal seals every event again, continuing from the chain's head (seq,
-// head) instead of the one they were sealed from.
-func (b *Batch) reseal(seq uint64, head []byte) {
-	b.seq0, b.prev, b.head, b.tags = seq, head, head, nil
+// head) of generation gen instead of the one they were sealed from, with a
+// new time and new IDs.
+func (b *Batch) reseal(seq uint64, head []byte, gen uint64) {
+	b.seq0, b.prev, b.head, b.tags, b.gen = seq, head, head, nil, gen
+	b.time = time.Now().UTC().Truncate(time.Microsecond)
+	b.first = firstV7()
+	b.shared.Time = b.time
+	b.digest = sha256.Sum256(appendShared(nil, &b.shared))
 	b.seal(0)
 }
 
@@ -250,6 +260,9 @@ func (b *Batch) pkOf(i int) string {
 // It builds them on the first call after events were added or sealed again;
 // do not modify them.
 func (b *Batch) Events() []Event {
+	if b.err != nil {
+		return nil
+	}
 	if b.events != nil || b.n == 0 {
 		return b.events
 	}
@@ -286,9 +299,10 @@ func (b *Batch) Events() []Event {
 // AppendBatch appends the events of b to the chain and hands the batch to
 // write, as [Chain.Append] does with events it seals itself: under the
 // chain's lock, in sequence order, with the head restored if write fails.
-// The events were sealed by Add; if the chain's head moved since Begin, they
-// are sealed again here from the new head, keeping their IDs and time.
-// write stores the batch, with [PostgresSink.WriteBatch] or by passing
+// The events were sealed by Add. If the chain's head moved since, they are
+// sealed again from the new head, with a new time and new IDs: first
+// outside the lock (twice at most, should the head move again), then under
+// it. write stores the batch, with [PostgresSink.WriteBatch] or by passing
 // [Batch.Events] to a [Sink].
 func (c *Chain) AppendBatch(ctx context.Context, b *Batch, write func(ctx context.Context, b *Batch) error) error {
 	switch {
@@ -307,18 +321,30 @@ func (c *Chain) AppendBatch(ctx context.Context, b *Batch, write func(ctx contex
 		return err
 	}
 	c.mu.Lock()
+	for try := 0; c.gen != b.gen && try < 2; try++ {
+		seq, head, gen := c.seq, c.head, c.gen
+		c.mu.Unlock()
+		if b.reseal(seq, head, gen); b.err != nil {
+			return b.err
+		}
+		c.mu.Lock()
+	}
 	seq0, head0, time0 := c.seq, c.head, c.time
 	if c.gen != b.gen {
-		b.reseal(c.seq, c.head)
-		if b.err != nil {
+		if b.reseal(c.seq, c.head, c.gen); b.err != nil {
 			c.mu.Unlock()
 			return b.err
 		}
 	}
-	c.seq, c.head, c.time = b.seq0+uint64(b.n), b.head, b.time
+	// The head must not keep the batch's hashes alive.
+	c.seq, c.head, c.time = b.seq0+uint64(b.n), slices.Clone(b.head), b.time
 	var w func(context.Context) error
 	if write != nil {
-		w = func(ctx context.Context) error { return write(ctx, b) }
+		w = func(ctx context.Context) error {
+			b.writing = true
+			defer func() { b.writing = false }()
+			return write(ctx, b)
+		}
 	}
 	return c.commit(ctx, w, func() { c.seq, c.head, c.time = seq0, head0, time0 }, seq0)
 }

@@ -2,13 +2,17 @@ package auditing_test
 
 import (
 	"context"
+	"encoding/hex"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/google/uuid"
 	"github.com/stretchr/testify/require"
+	"github.com/tink-crypto/tink-go/v2/tink"
 
 	"github.com/phidb/phidb/auditing"
 	"github.com/phidb/phidb/keys"
@@ -270,3 +274,193 @@ func TestReadPostgresKeysAndNoMAC(t *testing.T) {
 	}
 	require.False(t, auditing.Verify(listed, kr.AuditMAC(), heads).OK())
 }
+
+// A batch of several thousand events (several chunks of hashes, and the
+// parallel path of ReadPostgres), sealed again after an Append and after a
+// Reset, with checkpoints, goes through PostgreSQL intact; times never go
+// back along the chain.
+func TestBatchLargeResealedPostgres(t *testing.T) {
+	for _, meanwhile := range []string{"nothing", "append", "reset"} {
+		t.Run(meanwhile, func(t *testing.T) {
+			ctx := actorCtx("u-1")
+			pool := newPool(t)
+			mac := newChainMAC(t)
+			sink := auditing.NewPostgresSink(pool)
+			c := auditing.NewChain("s", mac)
+			var cps []auditing.Checkpoint
+			c.SetCheckpointFunc(1000, func(cp auditing.Checkpoint) { cps = append(cps, cp) })
+			require.NoError(t, c.Append(ctx, readEvents(ctx, "a", 3), sink.Write))
+			b := c.Begin()
+			for lo := 0; lo < 5000; lo += 256 {
+				keys := make([]uuid.UUID, min(256, 5000-lo))
+				for i := range keys {
+					keys[i] = uuid.New()
+				}
+				b.AddUUIDs(batchTemplate(ctx), keys...)
+			}
+			switch meanwhile {
+			case "append":
+				time.Sleep(2 * time.Millisecond)
+				require.NoError(t, c.Append(ctx, readEvents(ctx, "m", 2), sink.Write))
+			case "reset":
+				head := c.Head()
+				c.Reset(head.Seq, head.Hash)
+			}
+			require.NoError(t, c.AppendBatch(ctx, b, sink.WriteBatch))
+			require.NoError(t, c.Append(ctx, readEvents(ctx, "z", 1), sink.Write))
+			require.NotEmpty(t, cps)
+
+			events, err := auditing.ReadPostgres(ctx, pool, mac)
+			require.NoError(t, err)
+			want := 3 + 5000 + 1
+			if meanwhile == "append" {
+				want += 2
+			}
+			require.Len(t, events, want)
+			r := auditing.Verify(events, mac, append(cps, c.Head()))
+			require.True(t, r.OK(), r.String())
+			for i := 1; i < len(events); i++ {
+				require.False(t, events[i].Time.Before(events[i-1].Time), "time goes back at seq %d", events[i].Seq)
+			}
+		})
+	}
+}
+
+// A change inside a large stored batch is found at its seq, on the
+// parallel path of ReadPostgres; so is a replaced last check.
+func TestBatchLargeTampered(t *testing.T) {
+	ctx := actorCtx("u-1")
+	pool := newPool(t)
+	mac := newChainMAC(t)
+	c := auditing.NewChain("s", mac)
+	b := c.Begin()
+	b.Add(batchTemplate(ctx), pkRange("p", 0, 6000)...)
+	require.NoError(t, c.AppendBatch(ctx, b, auditing.NewPostgresSink(pool).WriteBatch))
+	heads := []auditing.Checkpoint{c.Head()}
+	for _, tc := range []struct {
+		name, sql string
+		seq       uint64
+	}{
+		// Keys "p-0".."p-9" take 4 bytes, "p-10".."p-99" 5, "p-100".."p-999"
+		// 6 and the rest 7: the key of event 4001 ("p-4000") starts at byte
+		// 1 + 10*4 + 90*5 + 900*6 + 3000*7 + 2 (format byte, length byte).
+		{"pk of seq 4001", `UPDATE phidb_audit SET pks = overlay(pks PLACING convert_to('q', 'UTF8') FROM 26893 FOR 1)`, 4001},
+		{"last check", `UPDATE phidb_audit SET checks = overlay(checks PLACING '\xdeadbeef'::bytea FROM 23997 FOR 4)`, 6000},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			tx, err := pool.Begin(ctx)
+			require.NoError(t, err)
+			defer tx.Rollback(ctx)
+			for _, sql := range []string{"ALTER TABLE phidb_audit DISABLE TRIGGER ALL", tc.sql} {
+				_, err := tx.Exec(ctx, sql)
+				require.NoError(t, err, sql)
+			}
+			events, err := auditing.ReadPostgres(ctx, tx, mac)
+			require.NoError(t, err)
+			r := auditing.Verify(events, mac, heads)
+			requireProblem(t, r, "s", tc.seq, auditing.KindAltered)
+		})
+	}
+	events, err := auditing.ReadPostgres(ctx, pool, mac)
+	require.NoError(t, err)
+	require.True(t, auditing.Verify(events, mac, heads).OK())
+}
+
+// failingMAC fails after n tags.
+type failingMAC struct {
+	n     int
+	inner tink.MAC
+}
+
+func (f *failingMAC) ComputeMAC(data []byte) ([]byte, error) {
+	if f.n == 0 {
+		return nil, errors.New("hsm unavailable")
+	}
+	f.n--
+	return f.inner.ComputeMAC(data)
+}
+
+func (f *failingMAC) VerifyMAC(tag, data []byte) error { return f.inner.VerifyMAC(tag, data) }
+
+// A MAC that fails while a batch is sealed fails its AppendBatch, and the
+// batch hands out nothing; a batch is written only while it is appended.
+func TestBatchFailures(t *testing.T) {
+	ctx := actorCtx("u-1")
+	pool := newPool(t)
+	sink := auditing.NewPostgresSink(pool)
+	c := auditing.NewChain("s", &failingMAC{n: 3, inner: newMAC(t)})
+	b := c.Begin()
+	b.Add(batchTemplate(ctx), pkRange("p", 0, 10)...)
+	require.Nil(t, b.Events())
+	require.ErrorContains(t, sink.WriteBatch(ctx, b), "hsm unavailable")
+	err := c.AppendBatch(ctx, b, sink.WriteBatch)
+	require.ErrorContains(t, err, "hsm unavailable")
+	require.ErrorContains(t, err, "seq 4")
+	require.Zero(t, c.Head().Seq)
+
+	ok := auditing.NewChain("t", newChainMAC(t))
+	b = ok.Begin()
+	b.Add(batchTemplate(ctx), pkRange("p", 0, 10)...)
+	require.ErrorContains(t, sink.WriteBatch(ctx, b), "only Chain.AppendBatch")
+	require.Zero(t, countRows(t, pool, ""))
+}
+
+// ReadPostgres returns an error, never panics, for rows of any shape, as
+// someone who dropped the table's constraints could store them.
+func TestReadPostgresMalformedRows(t *testing.T) {
+	ctx := context.Background()
+	pool := newPool(t)
+	mac := newChainMAC(t)
+	_, err := pool.Exec(ctx, `ALTER TABLE phidb_audit DROP CONSTRAINT phidb_audit_batch_shape,
+		DROP CONSTRAINT phidb_audit_first_seq_check, DISABLE TRIGGER ALL`)
+	require.NoError(t, err)
+	rnd := rand.New(rand.NewPCG(1, 2))
+	jitter := func() int {
+		if rnd.IntN(3) == 0 {
+			return rnd.IntN(5) - 2
+		}
+		return 0
+	}
+	zeros := func(n int) []byte { return make([]byte, max(0, n)) }
+	for i := range 300 {
+		n := rnd.IntN(5) + 1
+		ids := zeros(16 + jitter())
+		if rnd.IntN(2) == 0 {
+			ids = zeros(16*n + jitter())
+		}
+		pks := append([]byte{pksFormat(rnd)}, zeros(16*n+jitter())...)
+		if pks[0] == 0 {
+			pks = pks[:1]
+			for range n {
+				l := rnd.IntN(4)
+				if rnd.IntN(6) == 0 {
+					l = 200
+				}
+				pks = append(append(pks, byte(l)), zeros(l)...)
+			}
+			if rnd.IntN(3) == 0 {
+				pks = pks[:rnd.IntN(len(pks))]
+			}
+		}
+		first := int64(rnd.IntN(5)) - 1
+		last := first + int64(n) - 1 + int64(jitter())
+		if rnd.IntN(30) == 0 {
+			last = 1<<63 - 1
+		}
+		_, err := pool.Exec(ctx, `DELETE FROM phidb_audit;
+			INSERT INTO phidb_audit (stream, first_seq, last_seq, prev_hash, event_time, actor_id, actor_role, action, table_name,
+				column_names, purpose, client_addr, request_id, outcome, reason, ids, pks, checks, last_hash)
+			VALUES ('s', `+fmt.Sprint(first, ", ", last)+`, '\x00', now(), 'a', 'r', 'read', 't', '{}', '', '', '', 'ok', '',
+				decode('`+hex.EncodeToString(ids)+`', 'hex'), decode('`+hex.EncodeToString(pks)+`', 'hex'),
+				decode('`+hex.EncodeToString(zeros(4*n+jitter()))+`', 'hex'), decode('`+hex.EncodeToString(zeros(rnd.IntN(40)))+`', 'hex'))`)
+		require.NoError(t, err)
+		require.NotPanics(t, func() {
+			events, err := auditing.ReadPostgres(ctx, pool, mac)
+			if err == nil {
+				require.NotEmpty(t, events, "iteration %d", i)
+			}
+		}, "iteration %d", i)
+	}
+}
+
+func pksFormat(rnd *rand.Rand) byte { return byte(rnd.IntN(3)) }

@@ -88,11 +88,28 @@ func ResumeChain(stream string, mac tink.MAC, lastSeq uint64, lastHash []byte) *
 // does for a new chain. Use it after a write whose outcome is unknown (for
 // example the connection broke during COMMIT): Append then assumes the write
 // failed, and if it did not, the next write of the same sequence numbers
-// fails with [ErrConflict]; reset the head from [LastPostgres] to recover.
+// fails with [ErrConflict]; reset the head from [LastPostgres] to recover
+// (or use [Chain.ResyncPostgres]).
 func (c *Chain) Reset(lastSeq uint64, lastHash []byte) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.reset(lastSeq, lastHash)
+}
+
+// ResyncPostgres moves the chain's head to the last event of its stream
+// stored in the audit table ([LastPostgres]), under the chain's lock, so
+// that no Append runs in between. Use it after [ErrConflict] when the table
+// is the stream's store of record and this chain its only writer: the write
+// whose outcome was unknown did commit, and the chain continues after it.
+func (c *Chain) ResyncPostgres(ctx context.Context, db DB) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	cp, _, err := LastPostgres(ctx, db, c.stream)
+	if err != nil {
+		return err
+	}
+	c.reset(cp.Seq, cp.Hash)
+	return nil
 }
 
 func (c *Chain) reset(lastSeq uint64, lastHash []byte) {
@@ -125,8 +142,9 @@ func (c *Chain) Head() Checkpoint {
 }
 
 // SetCheckpointFunc makes the chain call fn with its head after a
-// successful Append whenever the sequence number passes a multiple of every
-// (so at most once per Append, with the head at the end of that Append).
+// successful Append (or AppendBatch) whenever the sequence number passes a
+// multiple of every (so at most once per Append, with the head at the end
+// of that Append).
 //
 // fn is called without any of the chain's locks held, by the Append that
 // made the checkpoint, and one call at a time in increasing sequence order.

@@ -242,18 +242,26 @@ func (s *PostgresSink) table() (string, string) {
 }
 
 // WriteBatch stores the events of a Batch through the sink's DB, as one
-// row, without building an Event per row: use it as the write function of
-// [Chain.AppendBatch].
+// row, without building an Event per row. It is a write function for
+// [Chain.AppendBatch], and refuses a batch that AppendBatch is not
+// appending.
 func (s *PostgresSink) WriteBatch(ctx context.Context, b *Batch) error {
 	return s.WriteBatchIn(ctx, s.DB, b)
 }
 
 // WriteBatchIn is WriteBatch through db (see [PostgresSink.WriteIn]).
 func (s *PostgresSink) WriteBatchIn(ctx context.Context, db DB, b *Batch) error {
-	if b.n == 0 {
-		return nil
-	}
 	table, ident := s.table()
+	switch {
+	case b.err != nil:
+		return b.err
+	case !b.writing:
+		return fmt.Errorf("auditing: writing a batch to %s: only Chain.AppendBatch can have a batch written", table)
+	case b.n == 0:
+		return nil
+	case b.tagLen < checkSize:
+		return fmt.Errorf("auditing: writing a batch to %s: hashes of %d bytes are too short", table, b.tagLen)
+	}
 	a := arenas.Get().(*arena)
 	defer a.release()
 	var p packed
@@ -727,17 +735,28 @@ const selectColumns = `stream, first_seq, last_seq, prev_hash, event_time, actor
 //
 // The hashes of the events inside a batch are not stored (see [SchemaSQL]):
 // ReadPostgres computes them again with mac, the audit MAC the events were
-// sealed with: the keyring's AuditChainMAC, which computes with the enabled
-// audit key named by each batch's last hash. (A MAC that computes with its
-// primary key only, such as AuditMAC, suits a keyring whose audit key was
-// never rotated: the events of batches sealed with another key would show as
-// changed.) An event of a batch
-// whose computed hash does not end with its stored check was changed: it
-// gets the check as its Hash, which [Verify] then reports, and so does every
-// later event of its batch. The last event of a batch always gets the stored
-// last hash. With a nil mac, only the first event of each batch has its
-// PrevHash and only the last its Hash: enough to list the events, not to
-// verify them.
+// sealed with. Pass the keyring's AuditChainMAC, which computes with the
+// enabled audit key named by each batch's stored last hash. (A MAC that
+// computes with its primary key only, such as AuditMAC, suits a keyring
+// whose audit key was never rotated: batches sealed with another key would
+// show as changed.)
+//
+// An event whose computed hash does not end with its stored check was
+// changed: it gets the check as its Hash, which [Verify] then reports, and
+// so does every later event of its batch. The last event of a batch gets
+// the stored last hash, or its check if that is not how the last hash ends.
+// So:
+//
+//   - a changed event shows as altered at its seq (or, with probability
+//     2^-32, at a later event of its batch);
+//   - a removed batch shows as missing, but an event removed from inside a
+//     batch shows as an altered event (the batch no longer ends with its
+//     last hash);
+//   - a last hash replaced by one of another key makes its whole batch
+//     show as altered, from its first event.
+//
+// With a nil mac, only the first event of each batch has its PrevHash and
+// only the last its Hash: enough to list the events, not to verify them.
 //
 // Rows come back in sequence order whatever their physical order, so
 // reordering shows up in PostgreSQL only as events whose contents were
@@ -778,7 +797,9 @@ func readPostgres(ctx context.Context, db DB, mac tink.MAC, sql string, args ...
 		shared.Action, shared.Outcome, shared.Time = Action(action), Outcome(outcome), t.UTC()
 		// Every event takes at least 16 bytes of ids or 1 byte of pks: a
 		// count beyond both is malformed, and is not allocated.
-		if first < 1 || last < first || last-first >= int64(max(len(p.ids)/16, len(p.pks))) {
+		// Every event has a 4-byte check: a count that the checks do not
+		// match is malformed, and is not allocated.
+		if first < 1 || last < first || last-first >= int64(len(p.checks)/checkSize) {
 			return nil, fmt.Errorf("auditing: reading the audit table: batch of stream %q at seq %d is malformed (seqs)", shared.Stream, first)
 		}
 		if len(shared.Columns) == 0 {
@@ -834,6 +855,7 @@ func rehash(events []Event, batches []storedBatch, mac tink.MAC) error {
 	if len(events) < 4096 {
 		workers = 1
 	}
+	km, keyed := mac.(keyedMAC)
 	var (
 		wg    sync.WaitGroup
 		next  atomic.Int64
@@ -860,7 +882,7 @@ func rehash(events []Event, batches []storedBatch, mac tink.MAC) error {
 					e.PrevHash = prev
 					buf = enc.append(append(buf[:0], prev...), e)
 					var err error
-					if km, ok := mac.(keyedMAC); ok {
+					if keyed {
 						tag, err = km.AppendMACWithKeyOf(tag[:0], sb.last, buf)
 					} else {
 						tag, err = mac.ComputeMAC(buf)
@@ -873,8 +895,10 @@ func rehash(events []Event, batches []storedBatch, mac tink.MAC) error {
 						errMu.Unlock()
 						return
 					}
-					check := sb.checks[checkSize*i : checkSize*(i+1)]
+					check := sb.checks[checkSize*i : checkSize*(i+1) : checkSize*(i+1)]
 					switch {
+					case i == len(batch)-1 && !bytes.Equal(check, sb.last[len(sb.last)-checkSize:]):
+						e.Hash = check // the last hash or the last check was replaced
 					case i == len(batch)-1:
 						e.Hash = sb.last
 					case len(tag) >= checkSize && bytes.Equal(tag[len(tag)-checkSize:], check):

@@ -163,6 +163,12 @@ func TestPostgresInitRefusesEarlierLayout(t *testing.T) {
 	require.NoError(t, err)
 	err = auditing.Init(ctx, pool)
 	require.ErrorContains(t, err, "the table phidb_audit has the layout of an earlier phidb version")
+
+	// The layout that stored every event's hash.
+	_, err = pool.Exec(ctx, "DROP TABLE phidb_audit; CREATE TABLE phidb_audit (stream text, first_seq bigint, hashes bytea)")
+	require.NoError(t, err)
+	err = auditing.Init(ctx, pool)
+	require.ErrorContains(t, err, "the table phidb_audit has the layout of an earlier phidb version")
 }
 
 // The triggers refuse UPDATE, DELETE and TRUNCATE; INSERT still works.

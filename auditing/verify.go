@@ -19,6 +19,8 @@ const (
 	// it (the stream was forked).
 	KindAltered = "altered"
 	// KindMissing: the events from Seq on are absent; a later one follows.
+	// (An event removed from inside a batch stored in PostgreSQL shows as
+	// altered instead: see [ReadPostgres].)
 	KindMissing = "missing"
 	// KindInserted: an event that does not belong was found where Seq was
 	// expected: a forgery with an invalid MAC, a duplicate of an earlier
@@ -34,7 +36,10 @@ const (
 
 // Problem is the first place where a stream's chain breaks. Seq is the
 // first sequence number that cannot be trusted: events 1 to Seq-1 of the
-// stream verified. Detail explains, naming sequence numbers only.
+// stream verified. Detail explains, naming sequence numbers only. (For
+// events read from PostgreSQL, whose hashes inside a batch are computed
+// again, the event that was changed is told apart by a 4-byte check: with
+// probability 2^-32 the break is reported at a later event of its batch.)
 type Problem struct {
 	Stream string
 	Seq    uint64

@@ -140,3 +140,41 @@ func BenchmarkChainMAC(b *testing.B) {
 		}
 	})
 }
+
+// AppendMACWithKeyOf computes with the enabled key that made a tag, and
+// with the primary key for a tag of no enabled key.
+func TestChainMACWithKeyOf(t *testing.T) {
+	kr := newTestKeyring(t)
+	data := []byte("event")
+	oldTag, err := kr.AuditChainMAC().ComputeMAC(data)
+	require.NoError(t, err)
+	_, err = kr.RotateAudit()
+	require.NoError(t, err)
+	cur := kr.AuditChainMAC()
+	newTag, err := cur.ComputeMAC(data)
+	require.NoError(t, err)
+
+	got, err := cur.AppendMACWithKeyOf([]byte("x"), oldTag, data)
+	require.NoError(t, err)
+	require.Equal(t, append([]byte("x"), oldTag...), got, "the old key")
+	got, err = cur.AppendMACWithKeyOf(nil, newTag, data)
+	require.NoError(t, err)
+	require.Equal(t, newTag, got)
+	unknown := append([]byte{0x01, 0xde, 0xad, 0xbe, 0xef}, make([]byte, 32)...)
+	for _, like := range [][]byte{unknown, nil, {0x00, 1, 2, 3, 4}, oldTag[:3]} {
+		got, err = cur.AppendMACWithKeyOf(nil, like, data)
+		require.NoError(t, err)
+		require.Equal(t, newTag, got, "the primary key for %x", like)
+	}
+
+	// A disabled key is not used; the primary cannot be disabled.
+	oldID := ciphertextKeyID(t, oldTag)
+	require.ErrorIs(t, kr.DisableAuditKey(cur.KeyID()), ErrPrimaryKey)
+	require.NoError(t, kr.DisableAuditKey(oldID))
+	got, err = kr.AuditChainMAC().AppendMACWithKeyOf(nil, oldTag, data)
+	require.NoError(t, err)
+	require.Equal(t, newTag, got)
+	require.Error(t, kr.AuditMAC().VerifyMAC(oldTag, data))
+	require.NoError(t, kr.EnableAuditKey(oldID))
+	require.NoError(t, kr.AuditMAC().VerifyMAC(oldTag, data))
+}

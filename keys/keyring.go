@@ -144,7 +144,8 @@ type version struct {
 	sealer *Sealer
 
 	// chainMAC computes tags with the primary key, as mac does, for the
-	// audit hash chain (audit slot only).
+	// audit hash chain, and with any enabled key on request, to recompute
+	// older hashes (audit slot only).
 	chainMAC *ChainMAC
 }
 
@@ -393,6 +394,16 @@ func (k *Keyring) DisablePRFKey(id uint32) error { return k.setStatus(slotBIDX, 
 // EnablePRFKey re-enables a disabled blind-index key (undoes DisablePRFKey).
 // An unknown id fails with ErrKeyNotFound.
 func (k *Keyring) EnablePRFKey(id uint32) error { return k.setStatus(slotBIDX, id, true) }
+
+// DisableAuditKey disables an audit key: hashes it made no longer verify,
+// so retire an audit key only once the events it sealed are verified and
+// archived (or never to be verified again). Disabling the primary key fails
+// with ErrPrimaryKey; an unknown id fails with ErrKeyNotFound.
+func (k *Keyring) DisableAuditKey(id uint32) error { return k.setStatus(slotAudit, id, false) }
+
+// EnableAuditKey re-enables a disabled audit key (undoes DisableAuditKey).
+// An unknown id fails with ErrKeyNotFound.
+func (k *Keyring) EnableAuditKey(id uint32) error { return k.setStatus(slotAudit, id, true) }
 
 func (k *Keyring) rotate(s slot) (uint32, error) {
 	return k.mutate(s, func(m *keyset.Manager, _ *version) (uint32, error) {

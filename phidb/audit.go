@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strconv"
 	"sync"
+	"time"
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
@@ -111,7 +112,12 @@ func (a *auditor) record(ctx context.Context, events []auditing.Event, tx pgx.Tx
 		defer conn.Release()
 		db = conn
 	}
-	return a.chain.Append(ctx, events, a.writer(db, tx))
+	err := a.resyncAfter(ctx, a.chain.Append(ctx, events, a.writer(db, tx)))
+	if err != nil && tx == nil && errors.Is(err, auditing.ErrConflict) {
+		// The chain now continues after the stored events: once more.
+		err = a.chain.Append(ctx, events, a.writer(db, nil))
+	}
+	return err
 }
 
 // recordBatch appends a batch of read events sealed ahead (see readAudit)
@@ -126,7 +132,9 @@ func (a *auditor) recordBatch(ctx context.Context, b *auditing.Batch) error {
 		defer conn.Release()
 		db = conn
 	}
-	return a.chain.AppendBatch(ctx, b, func(ctx context.Context, b *auditing.Batch) error {
+	err := a.chain.AppendBatch(ctx, b, func(ctx context.Context, b *auditing.Batch) error {
+		ctx, cancel := detached(ctx)
+		defer cancel()
 		if a.pg != nil {
 			if err := a.pg.WriteBatchIn(ctx, db, b); err != nil {
 				return fmt.Errorf("phidb: recording audit events: %w", err)
@@ -139,12 +147,50 @@ func (a *auditor) recordBatch(ctx context.Context, b *auditing.Batch) error {
 		}
 		return nil
 	})
+	return a.resyncAfter(ctx, err)
+}
+
+// auditWriteTimeout bounds a write of audit events, which does not stop
+// when the operation's context ends (see detached).
+const auditWriteTimeout = 30 * time.Second
+
+// detached returns a context for writing audit events that the operation's
+// context cannot cancel once the write began, so that a cancellation does
+// not leave the write's outcome unknown (events stored while the chain
+// thinks they are not). It keeps ctx's values and has auditWriteTimeout.
+func detached(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.WithoutCancel(ctx), auditWriteTimeout)
+}
+
+// resyncAfter passes err through. If it says that the events' sequence
+// numbers are stored already (a write whose outcome was unknown did commit),
+// it first moves the chain's head to the stored one, so that later
+// operations record again; the pool's stream has no other writer.
+func (a *auditor) resyncAfter(ctx context.Context, err error) error {
+	if err != nil && a.pg != nil && errors.Is(err, auditing.ErrConflict) {
+		ctx, cancel := detached(ctx)
+		defer cancel()
+		_ = a.chain.ResyncPostgres(ctx, a.pool) // best effort: the operation fails anyway
+	}
+	return err
 }
 
 // writer returns the function that stores sealed events: in PostgreSQL
 // through db, and in the configured sink; with tx, it commits tx after.
 func (a *auditor) writer(db auditing.DB, tx pgx.Tx) func(ctx context.Context, sealed []auditing.Event) error {
-	return func(ctx context.Context, sealed []auditing.Event) error {
+	return func(ctx context.Context, sealed []auditing.Event) (err error) {
+		ctx, cancel := detached(ctx)
+		defer cancel()
+		if tx != nil {
+			// A failed commit rolls back, here, under the chain's lock: the
+			// transaction's audit rows must not hold their sequence numbers
+			// while the next Append writes them again.
+			defer func() {
+				if err != nil {
+					_ = tx.Rollback(ctx)
+				}
+			}()
+		}
 		if a.pg != nil {
 			if err := a.pg.WriteIn(ctx, db, sealed); err != nil {
 				return fmt.Errorf("phidb: recording audit events: %w", err)

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -500,4 +501,105 @@ func TestAuditLargeReadFailures(t *testing.T) {
 	events = storedEvents(t, db)
 	require.Len(t, events, before+1+len(notes)-1)
 	require.True(t, auditing.Verify(events, kr.AuditMAC(), []auditing.Checkpoint{db.AuditHead()}).OK())
+}
+
+// A large read that the server fails half way, or whose context ends, leaves
+// no sealing goroutine behind and records no read.
+func TestAuditLargeReadInterrupted(t *testing.T) {
+	kr := testKeys(t)
+	db := auditedPool(t, pgtest.NewDatabase(t), kr, phidb.Config{},
+		`CREATE TABLE audited_notes (id uuid PRIMARY KEY, text bytea)`)
+	ctx := clinician(context.Background())
+	notes := make([]auditedNote, 3000)
+	for i := range notes {
+		notes[i] = auditedNote{ID: uuid.Must(uuid.NewV7()), Text: fmt.Sprint("secret note ", i)}
+	}
+	_, err := phidb.InsertMany(ctx, db, notes)
+	require.NoError(t, err)
+	before := len(storedEvents(t, db))
+
+	// Division by zero at row 2500, after several chunks were sealed.
+	_, err = phidb.Select[auditedNote](ctx, db,
+		"SELECT id, text FROM audited_notes WHERE 1 / (CASE WHEN id = $1 THEN 0 ELSE 1 END) = 1 ORDER BY id", notes[2500].ID)
+	require.ErrorContains(t, err, "22012")
+	// Contexts that end at various points of the read: the read either
+	// fails and records no read, or returns every row, each recorded.
+	reads := 0
+	for _, d := range []time.Duration{time.Millisecond, 10 * time.Millisecond, 30 * time.Millisecond, 60 * time.Millisecond, time.Second} {
+		cctx, cancel := context.WithTimeout(ctx, d)
+		got, err := phidb.Select[auditedNote](cctx, db, "SELECT id, text FROM audited_notes, pg_sleep(0.00002) ORDER BY id")
+		cancel()
+		if err == nil {
+			require.Len(t, got, len(notes))
+			reads += len(got)
+		} else {
+			require.Nil(t, got)
+		}
+	}
+
+	require.Eventually(t, func() bool {
+		buf := make([]byte, 1<<20)
+		return !strings.Contains(string(buf[:runtime.Stack(buf, true)]), "readAudit")
+	}, 2*time.Second, 10*time.Millisecond, "a sealing goroutine is left")
+	recorded := 0
+	events := storedEvents(t, db)
+	for _, e := range events[before:] {
+		if e.Outcome == auditing.OutcomeOK {
+			recorded++
+		}
+	}
+	require.Equal(t, reads, recorded, "the reads returned, and only those, are recorded")
+	require.True(t, auditing.Verify(events, kr.AuditMAC(), []auditing.Checkpoint{db.AuditHead()}).OK())
+}
+
+// flakySink fails its second Write.
+type flakySink struct{ writes atomic.Int32 }
+
+func (f *flakySink) Write(context.Context, []auditing.Event) error {
+	if f.writes.Add(1) == 2 {
+		return errors.New("sink down once")
+	}
+	return nil
+}
+
+// When the audit table keeps events that the pool then took for lost (a
+// read's events were stored, then the other sink failed), the next write
+// collides with them; the pool takes its chain's head from the table and
+// records again. A write whose other sink fails leaves nothing behind, and
+// does not block the pool's next writes.
+func TestAuditResyncAfterConflict(t *testing.T) {
+	kr := testKeys(t)
+	db := auditedPool(t, pgtest.NewDatabase(t), kr, phidb.Config{AuditSink: &flakySink{}}, everythingDDL)
+	ctx := clinician(context.Background())
+	rows := sampleRows()
+	_, err := phidb.InsertMany(ctx, db, rows) // write 1
+	require.NoError(t, err)
+	_, err = phidb.Select[everything](ctx, db, "SELECT * FROM everything") // write 2 fails after the INSERT
+	require.ErrorContains(t, err, "sink down once")
+	got, err := phidb.Select[everything](ctx, db, "SELECT * FROM everything")
+	require.NoError(t, err)
+	require.Len(t, got, len(rows))
+	events := storedEvents(t, db)
+	require.True(t, auditing.Verify(events, kr.AuditMAC(), []auditing.Checkpoint{db.AuditHead()}).OK())
+	require.Equal(t, uint64(len(events)), db.AuditHead().Seq)
+
+	// A write (its events in its transaction) whose other sink fails.
+	tdb := auditedPool(t, pgtest.NewDatabase(t), kr, phidb.Config{AuditSink: &flakySink{}}, everythingDDL)
+	_, err = phidb.InsertMany(ctx, tdb, rows[:1]) // write 1
+	require.NoError(t, err)
+	done := make(chan error, 1)
+	go func() { _, err := phidb.InsertMany(ctx, tdb, rows[1:]); done <- err }() // write 2 fails
+	select {
+	case err = <-done:
+		require.ErrorContains(t, err, "sink down once")
+	case <-time.After(10 * time.Second):
+		t.Fatal("a write whose sink failed blocks")
+	}
+	_, err = phidb.InsertMany(ctx, tdb, rows[1:])
+	require.NoError(t, err)
+	var n int
+	require.NoError(t, tdb.QueryRow(ctx, "SELECT count(*) FROM everything").Scan(&n))
+	require.Equal(t, len(rows), n)
+	events = storedEvents(t, tdb)
+	require.True(t, auditing.Verify(events, kr.AuditMAC(), []auditing.Checkpoint{tdb.AuditHead()}).OK())
 }

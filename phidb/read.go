@@ -307,6 +307,9 @@ func read[T any](ctx context.Context, q Querier, s *codec.Schema, limit int, sql
 		if len(cur.rows) == chunkRows {
 			chunks = append(chunks, cur)
 			op.submit(cur)
+			// The sealer reads only the key field of these rows while the
+			// workers write the encrypted ones: the codec refuses an
+			// encrypted primary key, so the two never touch the same field.
 			ra.add(cur.rows, plan.columns)
 			cur = &chunk[T]{rows: make([]T, 0, chunkRows), arena: make([]byte, 0, len(cur.arena)), spans: make([]span, 0, len(cur.spans))}
 		}
@@ -321,7 +324,10 @@ func read[T any](ctx context.Context, q Querier, s *codec.Schema, limit int, sql
 	if err := op.wait(); err != nil {
 		return nil, nil, nil, err
 	}
-	batch := ra.finish(cur.rows)
+	batch, err := ra.finish(cur.rows)
+	if err != nil {
+		return nil, nil, nil, err
+	}
 	var out []T
 	if len(chunks) == 0 {
 		out = cur.rows

@@ -2,6 +2,7 @@ package phidb
 
 import (
 	"context"
+	"errors"
 	"reflect"
 
 	"github.com/google/uuid"
@@ -26,6 +27,7 @@ type readAudit[T any] struct {
 	template auditing.Event
 	work     chan []T
 	done     chan struct{}
+	panicked bool // the sealing goroutine panicked (read after done is closed)
 }
 
 // newReadAudit returns the sealer of a read, or nil without auditing.
@@ -51,11 +53,8 @@ func (r *readAudit[T]) add(rows []T, columns []string) {
 			defer close(r.done)
 			var keys []uuid.UUID // reused: the batch copies them
 			for rows := range r.work {
-				if r.s.PK != nil && r.s.PK.Type == reflect.TypeFor[uuid.UUID]() {
-					keys = pkUUIDs(keys[:0], r.s, rows)
-					r.batch.AddUUIDs(r.template, keys...)
-				} else {
-					r.batch.Add(r.template, pkStrings(r.s, rows)...)
+				if !r.panicked { // after a panic, drain: the reader must not block
+					keys = r.seal(keys, rows)
 				}
 			}
 		}()
@@ -63,18 +62,42 @@ func (r *readAudit[T]) add(rows []T, columns []string) {
 	r.work <- rows
 }
 
+// seal adds the events of rows to the batch. A panic is recovered, so that
+// the read fails instead of the process; its value, which could quote a
+// row, is dropped.
+func (r *readAudit[T]) seal(keys []uuid.UUID, rows []T) []uuid.UUID {
+	defer func() {
+		if recover() != nil {
+			r.panicked = true
+		}
+	}()
+	if r.s.PK != nil && r.s.PK.Type == reflect.TypeFor[uuid.UUID]() {
+		keys = pkUUIDs(keys[:0], r.s, rows)
+		r.batch.AddUUIDs(r.template, keys...)
+	} else {
+		r.batch.Add(r.template, pkStrings(r.s, rows)...)
+	}
+	return keys
+}
+
+// errSealing is returned by a read whose audit events could not be sealed.
+var errSealing = errors.New("phidb: sealing the audit events of the read failed (internal error)")
+
 // finish adds the last, partial chunk and waits for the sealing goroutine.
 // It returns the batch, or nil if no full chunk was read (the events of
 // small results are sealed when they are recorded).
-func (r *readAudit[T]) finish(rows []T) *auditing.Batch {
+func (r *readAudit[T]) finish(rows []T) (*auditing.Batch, error) {
 	if r == nil || r.work == nil {
-		return nil
+		return nil, nil
 	}
 	if len(rows) > 0 {
 		r.work <- rows
 	}
 	r.stop()
-	return r.batch
+	if r.panicked {
+		return nil, errSealing
+	}
+	return r.batch, nil
 }
 
 // stop ends the sealing goroutine; it is safe to call more than once.
