@@ -61,18 +61,24 @@ func (f fanOut) Write(ctx context.Context, events []Event) error {
 // lines of one Write are written with one call to the writer. It is safe for
 // concurrent use. [ReadJSON] reads the format back.
 //
-// The object's members are stream, seq, id, time, actor_id, actor_role,
-// action, table, pk, columns, purpose, client_addr, request_id, outcome,
-// reason, prev_hash and hash; empty optional strings are omitted.
+// The object's members are v (2: the version of the canonical encoding the
+// hashes cover, see [Event.Canonical]), stream, seq, id, time, actor_id,
+// actor_role, action, table, pk, columns, purpose, client_addr, request_id,
+// outcome, reason, prev_hash and hash; empty optional strings are omitted.
 type JSONSink struct {
 	mu sync.Mutex
 	w  io.Writer
 }
 
+// jsonVersion is the member v of the JSON lines: the version of the
+// canonical encoding (the fourth byte of canonicalMagic).
+const jsonVersion = 2
+
 // NewJSONSink returns a sink writing JSON lines to w.
 func NewJSONSink(w io.Writer) *JSONSink { return &JSONSink{w: w} }
 
 type jsonEvent struct {
+	V          int       `json:"v"`
 	Stream     string    `json:"stream"`
 	Seq        uint64    `json:"seq"`
 	ID         uuid.UUID `json:"id"`
@@ -104,7 +110,7 @@ func (s *JSONSink) Write(ctx context.Context, events []Event) error {
 	for i := range events {
 		e := &events[i]
 		if err := enc.Encode(jsonEvent{
-			Stream: e.Stream, Seq: e.Seq, ID: e.ID, Time: e.Time.UTC(),
+			V: jsonVersion, Stream: e.Stream, Seq: e.Seq, ID: e.ID, Time: e.Time.UTC(),
 			ActorID: e.Actor.ID, ActorRole: e.Actor.Role,
 			Action: e.Action, Table: e.Table, PK: e.PK, Columns: e.Columns,
 			Purpose: e.Purpose, ClientAddr: e.ClientAddr, RequestID: e.RequestID,
@@ -134,6 +140,12 @@ func ReadJSON(r io.Reader) ([]Event, error) {
 			var j jsonEvent
 			if err := json.Unmarshal(b, &j); err != nil {
 				return events, fmt.Errorf("auditing: JSON line %d: not a valid audit event", line)
+			}
+			switch {
+			case j.V == 0:
+				return events, fmt.Errorf("auditing: JSON line %d: an event of an earlier phidb (no member v), whose hashes this version cannot check", line)
+			case j.V != jsonVersion:
+				return events, fmt.Errorf("auditing: JSON line %d: format version %d is not supported (want %d)", line, j.V, jsonVersion)
 			}
 			prev, err1 := hex.DecodeString(j.PrevHash)
 			hash, err2 := hex.DecodeString(j.Hash)

@@ -118,7 +118,7 @@ func TestVerifyJSONIntact(t *testing.T) {
 	require.NoError(t, json.Unmarshal([]byte(l.lines[0]), &m))
 	require.Equal(t, hex.EncodeToString(l.events[0].Hash), m["hash"])
 	require.Equal(t, "", m["prev_hash"])
-	require.ElementsMatch(t, []string{"stream", "seq", "id", "time", "actor_id", "actor_role", "action", "table",
+	require.ElementsMatch(t, []string{"v", "stream", "seq", "id", "time", "actor_id", "actor_role", "action", "table",
 		"pk", "columns", "purpose", "client_addr", "request_id", "outcome", "prev_hash", "hash"}, keysOf(m))
 
 	// A different audit key verifies nothing.
@@ -300,12 +300,17 @@ func TestVerifyTruncation(t *testing.T) {
 }
 
 func TestReadJSONErrors(t *testing.T) {
-	_, err := auditing.ReadJSON(strings.NewReader("\n{\"stream\":\"s\",\"seq\":1,\"hash\":\"00\"}\n{\"pk\": \"secret-pk\"\n"))
+	_, err := auditing.ReadJSON(strings.NewReader("\n{\"v\":2,\"stream\":\"s\",\"seq\":1,\"hash\":\"00\"}\n{\"pk\": \"secret-pk\"\n"))
 	require.ErrorContains(t, err, "JSON line 3")
 	require.NotContains(t, err.Error(), "secret-pk")
-	_, err = auditing.ReadJSON(strings.NewReader(`{"hash":"zz-secret"}`))
+	_, err = auditing.ReadJSON(strings.NewReader(`{"v":2,"hash":"zz-secret"}`))
 	require.ErrorContains(t, err, "line 1: hash is not hex")
 	require.NotContains(t, err.Error(), "secret")
+	_, err = auditing.ReadJSON(strings.NewReader(`{"stream":"s","seq":1,"pk":"secret-pk"}`))
+	require.ErrorContains(t, err, "line 1: an event of an earlier phidb")
+	require.NotContains(t, err.Error(), "secret")
+	_, err = auditing.ReadJSON(strings.NewReader(`{"v":3,"stream":"s","seq":1}`))
+	require.ErrorContains(t, err, "line 1: format version 3 is not supported (want 2)")
 	events, err := auditing.ReadJSON(strings.NewReader(""))
 	require.NoError(t, err)
 	require.Empty(t, events)
