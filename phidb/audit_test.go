@@ -137,8 +137,15 @@ func TestAuditEventPerRowUnderConcurrency(t *testing.T) {
 					c := contact{Email: fmt.Sprintf("new%d@x.example", r.IntN(1000)), MRN: "1", Name: "N", DOB: time.Now().UTC()}
 					err, n = phidb.Insert(ctx, db, &c), 1
 				case 1:
+					// Now and then a read large enough for its events to be
+					// sealed while it streams (and sealed again when other
+					// events came first).
+					limit := 1 + r.IntN(20)
+					if r.IntN(4) == 0 {
+						limit = 256 + r.IntN(300)
+					}
 					var got []contact
-					got, err = phidb.Select[contact](ctx, db, "SELECT * FROM contacts ORDER BY random() LIMIT $1", 1+r.IntN(20))
+					got, err = phidb.Select[contact](ctx, db, "SELECT * FROM contacts ORDER BY random() LIMIT $1", limit)
 					n = len(got)
 				case 2:
 					var got []contact
