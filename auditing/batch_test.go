@@ -317,7 +317,7 @@ func TestBatchLargeResealedPostgres(t *testing.T) {
 				want += 2
 			}
 			require.Len(t, events, want)
-			r := auditing.Verify(events, mac, append(cps, c.Head()))
+			r := verifyPostgres(t, pool, mac, append(cps, c.Head()))
 			require.True(t, r.OK(), r.String())
 			for i := 1; i < len(events); i++ {
 				require.False(t, events[i].Time.Before(events[i-1].Time), "time goes back at seq %d", events[i].Seq)
@@ -355,10 +355,7 @@ func TestBatchLargeTampered(t *testing.T) {
 				_, err := tx.Exec(ctx, sql)
 				require.NoError(t, err, sql)
 			}
-			events, err := auditing.ReadPostgres(ctx, tx, mac)
-			require.NoError(t, err)
-			r := auditing.Verify(events, mac, heads)
-			requireProblem(t, r, "s", tc.seq, auditing.KindAltered)
+			requireProblem(t, verifyPostgres(t, tx, mac, heads), "s", tc.seq, auditing.KindAltered)
 		})
 	}
 	events, err := auditing.ReadPostgres(ctx, pool, mac)
@@ -459,6 +456,8 @@ func TestReadPostgresMalformedRows(t *testing.T) {
 			if err == nil {
 				require.NotEmpty(t, events, "iteration %d", i)
 			}
+			_, verr := auditing.VerifyPostgres(ctx, pool, mac, nil)
+			require.Equal(t, err == nil, verr == nil, "iteration %d: %v, %v", i, err, verr)
 		}, "iteration %d", i)
 	}
 }

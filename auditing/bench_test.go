@@ -184,3 +184,41 @@ func BenchmarkBatchAdd10k(b *testing.B) {
 	}
 	b.ReportMetric(float64(b.Elapsed().Microseconds())/1000/float64(b.N), "ms/batch")
 }
+
+// BenchmarkVerifyPostgres checks 100,000 stored events (10 batches) one
+// batch at a time, against reading them all and then verifying them.
+func BenchmarkVerifyPostgres(b *testing.B) {
+	ctx := context.Background()
+	pool := newPool(b)
+	mac := newChainMAC(b)
+	c := auditing.NewChain("bench", mac)
+	sink := auditing.NewPostgresSink(pool)
+	u := actorCtx("bench-user")
+	for range 10 {
+		require.NoError(b, c.Append(ctx, readEvents(u, "0190b1f4-7c1e-7000-8000-0000000", 10000), sink.Write))
+	}
+	cps := []auditing.Checkpoint{c.Head()}
+	b.Run("streaming", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			r, err := auditing.VerifyPostgres(ctx, pool, mac, cps)
+			if err != nil || !r.OK() || r.Events != 100000 {
+				b.Fatal(err, r)
+			}
+		}
+		b.ReportMetric(100000*float64(b.N)/b.Elapsed().Seconds(), "events/s")
+	})
+	b.Run("read-then-verify", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			events, err := auditing.ReadPostgres(ctx, pool, mac)
+			if err != nil {
+				b.Fatal(err)
+			}
+			if r := auditing.Verify(events, mac, cps); !r.OK() || r.Events != 100000 {
+				b.Fatal(r)
+			}
+		}
+		b.ReportMetric(100000*float64(b.N)/b.Elapsed().Seconds(), "events/s")
+	})
+}

@@ -15,7 +15,8 @@
 // several, and [Async] for best-effort background delivery. [Verify] reads
 // the chains back ([ReadPostgres], [ReadJSON]) and reports the first place
 // each stream was altered, lost events, gained forged or copied ones, was
-// reordered, or (given [Checkpoint]s kept elsewhere) was cut short.
+// reordered, or (given [Checkpoint]s kept elsewhere) was cut short;
+// [VerifyPostgres] does the same on the audit table one batch at a time.
 //
 // A typical setup:
 //

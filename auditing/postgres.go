@@ -779,49 +779,20 @@ func readPostgres(ctx context.Context, db DB, mac tink.MAC, sql string, args ...
 	}
 	defer rows.Close()
 	var (
-		events      []Event
-		batches     []storedBatch
-		shared      Event
-		first, last int64
-		prev        []byte
-		t           time.Time
-		p           packed
+		events  []Event
+		batches []storedBatch
+		row     storedRow
 	)
 	for rows.Next() {
-		var action, outcome string
-		if err := rows.Scan(&shared.Stream, &first, &last, &prev, &t, &shared.Actor.ID, &shared.Actor.Role, &action,
-			&shared.Table, &shared.Columns, &shared.Purpose, &shared.ClientAddr, &shared.RequestID, &outcome,
-			&shared.Reason, &p.ids, &p.pks, &p.checks, &p.last); err != nil {
-			return nil, fmt.Errorf("auditing: reading the audit table: %w", err)
+		if err := row.scan(rows); err != nil {
+			return nil, err
 		}
-		shared.Action, shared.Outcome, shared.Time = Action(action), Outcome(outcome), t.UTC()
-		// Every event takes at least 16 bytes of ids or 1 byte of pks: a
-		// count beyond both is malformed, and is not allocated.
-		// Every event has a 4-byte check: a count that the checks do not
-		// match is malformed, and is not allocated.
-		if first < 1 || last < first || last-first >= int64(len(p.checks)/checkSize) {
-			return nil, fmt.Errorf("auditing: reading the audit table: batch of stream %q at seq %d is malformed (seqs)", shared.Stream, first)
+		start := len(events)
+		if events, err = row.expand(events); err != nil {
+			return nil, err
 		}
-		if len(shared.Columns) == 0 {
-			shared.Columns = nil
-		}
-		n := int(last - first + 1)
-		events = slices.Grow(events, n)
-		batch := events[len(events) : len(events)+n]
-		for i := range batch {
-			batch[i] = shared
-			batch[i].Seq = uint64(first) + uint64(i)
-		}
-		if what := unpack(p, batch); what != "" {
-			return nil, fmt.Errorf("auditing: reading the audit table: batch of stream %q at seq %d is malformed (%s)", shared.Stream, first, what)
-		}
-		if len(prev) == 0 {
-			prev = nil
-		}
-		batches = append(batches, storedBatch{start: len(events), n: n, prev: prev, checks: p.checks, last: p.last})
-		events = events[:len(events)+n]
-		// Fresh slices for the next row: the events keep these.
-		shared.Columns, prev, p = nil, nil, packed{}
+		batches = append(batches, storedBatch{start: start, n: len(events) - start, prev: row.prev, checks: row.p.checks, last: row.p.last})
+		row = storedRow{} // fresh slices for the next row: the events keep these
 	}
 	if err := rows.Err(); err != nil {
 		return nil, fmt.Errorf("auditing: reading the audit table: %w", err)
@@ -830,6 +801,57 @@ func readPostgres(ctx context.Context, db DB, mac tink.MAC, sql string, args ...
 		return nil, err
 	}
 	return events, nil
+}
+
+// storedRow is one row of the audit table: one batch.
+type storedRow struct {
+	shared      Event // the shared fields
+	first, last int64
+	prev        []byte
+	p           packed
+}
+
+// scan reads the current row of rows (selectColumns).
+func (r *storedRow) scan(rows pgx.Rows) error {
+	var (
+		action, outcome string
+		t               time.Time
+	)
+	sh := &r.shared
+	if err := rows.Scan(&sh.Stream, &r.first, &r.last, &r.prev, &t, &sh.Actor.ID, &sh.Actor.Role, &action,
+		&sh.Table, &sh.Columns, &sh.Purpose, &sh.ClientAddr, &sh.RequestID, &outcome,
+		&sh.Reason, &r.p.ids, &r.p.pks, &r.p.checks, &r.p.last); err != nil {
+		return fmt.Errorf("auditing: reading the audit table: %w", err)
+	}
+	sh.Action, sh.Outcome, sh.Time = Action(action), Outcome(outcome), t.UTC()
+	if len(sh.Columns) == 0 {
+		sh.Columns = nil
+	}
+	if len(r.prev) == 0 {
+		r.prev = nil
+	}
+	return nil
+}
+
+// expand appends the row's events to dst, without their hashes (see
+// rehash), or returns an error if the row is malformed.
+func (r *storedRow) expand(dst []Event) ([]Event, error) {
+	// Every event has a 4-byte check: a count that the checks do not match
+	// is malformed, and is not allocated.
+	if r.first < 1 || r.last < r.first || r.last-r.first >= int64(len(r.p.checks)/checkSize) {
+		return dst, fmt.Errorf("auditing: reading the audit table: batch of stream %q at seq %d is malformed (seqs)", r.shared.Stream, r.first)
+	}
+	n := int(r.last - r.first + 1)
+	dst = slices.Grow(dst, n)
+	batch := dst[len(dst) : len(dst)+n]
+	for i := range batch {
+		batch[i] = r.shared
+		batch[i].Seq = uint64(r.first) + uint64(i)
+	}
+	if what := unpack(r.p, batch); what != "" {
+		return dst, fmt.Errorf("auditing: reading the audit table: batch of stream %q at seq %d is malformed (%s)", r.shared.Stream, r.first, what)
+	}
+	return dst[:len(dst)+n], nil
 }
 
 // keyedMAC is a MAC that computes tags with any of its keys: keys.ChainMAC.
@@ -855,7 +877,6 @@ func rehash(events []Event, batches []storedBatch, mac tink.MAC) error {
 	if len(events) < 4096 {
 		workers = 1
 	}
-	km, keyed := mac.(keyedMAC)
 	var (
 		wg    sync.WaitGroup
 		next  atomic.Int64
@@ -864,55 +885,81 @@ func rehash(events []Event, batches []storedBatch, mac tink.MAC) error {
 	)
 	for range workers {
 		wg.Go(func() {
-			var (
-				enc canonicalEncoder
-				buf []byte
-				tag []byte
-			)
+			h := newBatchHasher(mac)
 			for {
 				k := int(next.Add(1)) - 1
 				if k >= len(batches) {
 					return
 				}
 				sb := batches[k]
-				batch := events[sb.start : sb.start+sb.n]
-				prev := sb.prev
-				for i := range batch {
-					e := &batch[i]
-					e.PrevHash = prev
-					buf = enc.append(append(buf[:0], prev...), e)
-					var err error
-					if keyed {
-						tag, err = km.AppendMACWithKeyOf(tag[:0], sb.last, buf)
-					} else {
-						tag, err = mac.ComputeMAC(buf)
+				if err := h.rehash(events[sb.start:sb.start+sb.n], &sb, nil); err != nil {
+					errMu.Lock()
+					if first == nil {
+						first = err
 					}
-					if err != nil {
-						errMu.Lock()
-						if first == nil {
-							first = fmt.Errorf("auditing: reading the audit table: computing the hashes of stream %q seq %d: %w", e.Stream, e.Seq, err)
-						}
-						errMu.Unlock()
-						return
-					}
-					check := sb.checks[checkSize*i : checkSize*(i+1) : checkSize*(i+1)]
-					switch {
-					case i == len(batch)-1 && !bytes.Equal(check, sb.last[len(sb.last)-checkSize:]):
-						e.Hash = check // the last hash or the last check was replaced
-					case i == len(batch)-1:
-						e.Hash = sb.last
-					case len(tag) >= checkSize && bytes.Equal(tag[len(tag)-checkSize:], check):
-						e.Hash = bytes.Clone(tag)
-					default:
-						e.Hash = check // the event was changed: a hash that does not verify
-					}
-					prev = e.Hash
+					errMu.Unlock()
+					return
 				}
 			}
 		})
 	}
 	wg.Wait()
 	return first
+}
+
+// batchHasher computes the hashes of stored batches; one per goroutine.
+type batchHasher struct {
+	mac tink.MAC
+	km  keyedMAC // mac, when it is one
+	enc canonicalEncoder
+	buf []byte
+	tag []byte
+}
+
+func newBatchHasher(mac tink.MAC) *batchHasher {
+	h := &batchHasher{mac: mac}
+	h.km, _ = mac.(keyedMAC)
+	return h
+}
+
+// rehash sets PrevHash and Hash of the events of one stored batch (see
+// ReadPostgres), and, if ok is not nil, whether each event's MAC verifies
+// (what Verify would find).
+func (h *batchHasher) rehash(batch []Event, sb *storedBatch, ok []bool) error {
+	prev := sb.prev
+	for i := range batch {
+		e := &batch[i]
+		e.PrevHash = prev
+		h.buf = h.enc.append(append(h.buf[:0], prev...), e)
+		var err error
+		if h.km != nil {
+			h.tag, err = h.km.AppendMACWithKeyOf(h.tag[:0], sb.last, h.buf)
+		} else {
+			h.tag, err = h.mac.ComputeMAC(h.buf)
+		}
+		if err != nil {
+			return fmt.Errorf("auditing: reading the audit table: computing the hashes of stream %q seq %d: %w", e.Stream, e.Seq, err)
+		}
+		check := sb.checks[checkSize*i : checkSize*(i+1) : checkSize*(i+1)]
+		valid := false
+		switch {
+		case i == len(batch)-1 && !bytes.Equal(check, sb.last[len(sb.last)-checkSize:]):
+			e.Hash = check // the last hash or the last check was replaced
+		case i == len(batch)-1:
+			e.Hash = sb.last
+			valid = bytes.Equal(h.tag, sb.last)
+		case len(h.tag) >= checkSize && bytes.Equal(h.tag[len(h.tag)-checkSize:], check):
+			e.Hash = bytes.Clone(h.tag)
+			valid = true
+		default:
+			e.Hash = check // the event was changed: a hash that does not verify
+		}
+		if ok != nil {
+			ok[i] = valid
+		}
+		prev = e.Hash
+	}
+	return nil
 }
 
 // LastPostgres returns the head of stream as stored in the audit table: the

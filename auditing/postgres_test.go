@@ -282,9 +282,7 @@ func TestPostgresTamperedCopy(t *testing.T) {
 			}
 			defer conn.Exec(ctx, "RESET search_path")
 
-			events, err := auditing.ReadPostgres(ctx, conn, mac)
-			require.NoError(t, err)
-			r := auditing.Verify(events, mac, heads)
+			r := verifyPostgres(t, conn, mac, heads)
 			if tc.kind == "" {
 				require.True(t, r.OK(), r.String())
 				return
@@ -328,9 +326,7 @@ func TestPostgresTamperedWithTriggersDisabled(t *testing.T) {
 		_, err := pool.Exec(ctx, sql)
 		require.NoError(t, err, sql)
 	}
-	events, err := auditing.ReadPostgres(ctx, pool, mac)
-	require.NoError(t, err)
-	r := auditing.Verify(events, mac, heads)
+	r := verifyPostgres(t, pool, mac, heads)
 	require.Len(t, r.Problems, 2, r.String())
 	require.Equal(t, auditing.Problem{Stream: "s", Seq: 7, Kind: auditing.KindAltered, Detail: r.Problems[0].Detail}, r.Problems[0])
 	require.Equal(t, auditing.Problem{Stream: "t", Seq: 1, Kind: auditing.KindTruncated, Detail: r.Problems[1].Detail}, r.Problems[1])
@@ -365,7 +361,7 @@ func TestPostgresResume(t *testing.T) {
 	events, err := auditing.ReadPostgres(ctx, pool, mac)
 	require.NoError(t, err)
 	require.Len(t, events, 13)
-	r := auditing.Verify(events, mac, []auditing.Checkpoint{cp, second.Head()})
+	r := verifyPostgres(t, pool, mac, []auditing.Checkpoint{cp, second.Head()})
 	require.True(t, r.OK(), r.String())
 }
 
@@ -420,7 +416,7 @@ func TestPostgresWriteInTransaction(t *testing.T) {
 	require.NoError(t, c.Append(u, readEvents(u, "after", 1), auditing.NewPostgresSink(pool).Write))
 	events, err = auditing.ReadPostgres(ctx, pool, mac)
 	require.NoError(t, err)
-	requireProblem(t, auditing.Verify(events, mac, nil), "tx", 3, auditing.KindMissing)
+	requireProblem(t, verifyPostgres(t, pool, mac, nil), "tx", 3, auditing.KindMissing)
 }
 
 // A second writer on the same stream is refused by the primary key; Reset
@@ -599,4 +595,19 @@ func TestPostgresQueryExecModes(t *testing.T) {
 func pgtestDatabase(t *testing.T) string {
 	t.Helper()
 	return pgtest.NewDatabase(t)
+}
+
+// verifyPostgres checks the audit table of db both ways, Verify of what
+// ReadPostgres returns and VerifyPostgres, which must agree, and returns
+// the report.
+func verifyPostgres(t *testing.T, db auditing.DB, mac tink.MAC, cps []auditing.Checkpoint) auditing.Report {
+	t.Helper()
+	ctx := context.Background()
+	events, err := auditing.ReadPostgres(ctx, db, mac)
+	require.NoError(t, err)
+	want := auditing.Verify(events, mac, slices.Clone(cps))
+	got, err := auditing.VerifyPostgres(ctx, db, mac, slices.Clone(cps))
+	require.NoError(t, err)
+	require.Equal(t, want, got, "VerifyPostgres and Verify(ReadPostgres) agree")
+	return got
 }

@@ -184,73 +184,101 @@ func verifyMACs(events []Event, mac tink.MAC) []bool {
 // verifyStream walks one stream in stored order and returns its first
 // problem, if any.
 func verifyStream(name string, idx []int, events []Event, macOK []bool) (Problem, bool) {
-	expected := uint64(1)
-	var prevHash []byte
-	problem := func(kind, format string, args ...any) (Problem, bool) {
-		return Problem{Stream: name, Seq: expected, Kind: kind, Detail: fmt.Sprintf(format, args...)}, true
-	}
+	w := streamWalk{name: name, expected: 1}
 	for k, i := range idx {
 		e := &events[i]
-		ok := macOK[i]
-		switch {
-		case e.Seq == expected:
-			linked := bytes.Equal(e.PrevHash, prevHash)
-			switch {
-			case ok && linked:
-				expected++
-				prevHash = e.Hash
-				continue
-			case !ok && k+1 < len(idx) && events[idx[k+1]].Seq == e.Seq:
-				return problem(KindInserted, "an event with an invalid MAC claims seq %d and another event with seq %d follows it", e.Seq, e.Seq)
-			case !ok && linked:
-				return problem(KindAltered, "the MAC does not verify: a field of the event was changed, or its hash replaced")
-			case !ok:
-				return problem(KindAltered, "the MAC does not verify and prev_hash is not the hash of the previous event")
-			default:
-				return problem(KindAltered, "the MAC verifies but prev_hash is not the hash of the previous event: the stream was forked (two writers, or a resume from a stale head)")
-			}
-		case e.Seq > expected:
-			later := false
+		sameSeqNext := k+1 < len(idx) && events[idx[k+1]].Seq == e.Seq
+		later := func() bool {
 			for _, j := range idx[k+1:] {
-				if events[j].Seq == expected {
-					later = true
-					break
+				if events[j].Seq == w.expected {
+					return true
 				}
 			}
-			switch {
-			case later && ok:
-				return problem(KindReordered, "seq %d is stored before seq %d", e.Seq, expected)
-			case later:
-				return problem(KindInserted, "an event with an invalid MAC claims seq %d before seq %d", e.Seq, expected)
-			case e.Seq == expected+1:
-				return problem(KindMissing, "seq %d is absent; seq %d follows seq %d", expected, e.Seq, expected-1)
-			default:
-				return problem(KindMissing, "seqs %d to %d (%d events) are absent; seq %d follows seq %d", expected, e.Seq-1, e.Seq-expected, e.Seq, expected-1)
-			}
-		default: // e.Seq < expected
-			switch {
-			case !ok:
-				return problem(KindInserted, "an event with an invalid MAC claims seq %d after seq %d", e.Seq, expected-1)
-			case e.Seq >= 1 && bytes.Equal(events[idx[e.Seq-1]].Hash, e.Hash):
-				return problem(KindInserted, "a copy of seq %d is stored after seq %d", e.Seq, expected-1)
-			default:
-				return problem(KindInserted, "an authentic event claims seq %d, already verified, after seq %d: the stream was forked", e.Seq, expected-1)
-			}
+			return false
+		}
+		copyOf := func(seq uint64) []byte { return events[idx[seq-1]].Hash }
+		if p, broken := w.step(e, macOK[i], sameSeqNext, later, copyOf); broken {
+			return p, true
 		}
 	}
 	return Problem{}, false
 }
 
+// streamWalk is the state of a walk along one stream in stored order: the
+// sequence number expected next and the hash it must chain from.
+type streamWalk struct {
+	name     string
+	expected uint64
+	prevHash []byte
+}
+
+// step checks the next stored event e of the stream, whose MAC verified if
+// ok. sameSeqNext tells whether the event stored after e claims e's seq,
+// later whether the expected seq comes later in the stream, and copyOf
+// returns the hash of an already verified seq (or nil). It returns the
+// stream's first problem, or advances.
+func (w *streamWalk) step(e *Event, ok, sameSeqNext bool, later func() bool, copyOf func(seq uint64) []byte) (Problem, bool) {
+	expected := w.expected
+	problem := func(kind, format string, args ...any) (Problem, bool) {
+		return Problem{Stream: w.name, Seq: expected, Kind: kind, Detail: fmt.Sprintf(format, args...)}, true
+	}
+	switch {
+	case e.Seq == expected:
+		linked := bytes.Equal(e.PrevHash, w.prevHash)
+		switch {
+		case ok && linked:
+			w.expected++
+			w.prevHash = e.Hash
+			return Problem{}, false
+		case !ok && sameSeqNext:
+			return problem(KindInserted, "an event with an invalid MAC claims seq %d and another event with seq %d follows it", e.Seq, e.Seq)
+		case !ok && linked:
+			return problem(KindAltered, "the MAC does not verify: a field of the event was changed, or its hash replaced")
+		case !ok:
+			return problem(KindAltered, "the MAC does not verify and prev_hash is not the hash of the previous event")
+		default:
+			return problem(KindAltered, "the MAC verifies but prev_hash is not the hash of the previous event: the stream was forked (two writers, or a resume from a stale head)")
+		}
+	case e.Seq > expected:
+		isLater := later()
+		switch {
+		case isLater && ok:
+			return problem(KindReordered, "seq %d is stored before seq %d", e.Seq, expected)
+		case isLater:
+			return problem(KindInserted, "an event with an invalid MAC claims seq %d before seq %d", e.Seq, expected)
+		case e.Seq == expected+1:
+			return problem(KindMissing, "seq %d is absent; seq %d follows seq %d", expected, e.Seq, expected-1)
+		default:
+			return problem(KindMissing, "seqs %d to %d (%d events) are absent; seq %d follows seq %d", expected, e.Seq-1, e.Seq-expected, e.Seq, expected-1)
+		}
+	default: // e.Seq < expected
+		switch {
+		case !ok:
+			return problem(KindInserted, "an event with an invalid MAC claims seq %d after seq %d", e.Seq, expected-1)
+		case e.Seq >= 1 && bytes.Equal(copyOf(e.Seq), e.Hash):
+			return problem(KindInserted, "a copy of seq %d is stored after seq %d", e.Seq, expected-1)
+		default:
+			return problem(KindInserted, "an authentic event claims seq %d, already verified, after seq %d: the stream was forked", e.Seq, expected-1)
+		}
+	}
+}
+
 // checkCheckpoints compares an intact stream with its checkpoints.
 func checkCheckpoints(name string, idx []int, events []Event, cps []Checkpoint) (Problem, bool) {
+	// The stream is intact: seqs 1..len(idx), in order.
+	return compareCheckpoints(name, uint64(len(idx)), func(seq uint64) []byte { return events[idx[seq-1]].Hash }, cps)
+}
+
+// compareCheckpoints compares an intact stream of last seqs, whose hash at
+// a seq hashAt returns, with its checkpoints.
+func compareCheckpoints(name string, last uint64, hashAt func(seq uint64) []byte, cps []Checkpoint) (Problem, bool) {
 	slices.SortFunc(cps, func(a, b Checkpoint) int { return cmp.Compare(a.Seq, b.Seq) })
-	last := uint64(len(idx)) // the stream is intact: seqs 1..len(idx)
 	for _, cp := range cps {
 		if cp.Seq > last {
 			return Problem{Stream: name, Seq: last + 1, Kind: KindTruncated,
 				Detail: fmt.Sprintf("a checkpoint records seq %d but the stream ends at seq %d", cp.Seq, last)}, true
 		}
-		if !bytes.Equal(events[idx[cp.Seq-1]].Hash, cp.Hash) {
+		if !bytes.Equal(hashAt(cp.Seq), cp.Hash) {
 			return Problem{Stream: name, Seq: cp.Seq, Kind: KindTruncated,
 				Detail: fmt.Sprintf("the hash of seq %d is not the checkpoint's: the stream was cut and rewritten", cp.Seq)}, true
 		}

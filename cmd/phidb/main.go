@@ -185,33 +185,35 @@ func auditVerify(ctx context.Context, args []string, stdout io.Writer) (int, err
 	if err != nil {
 		return 0, err
 	}
-	var events []auditing.Event
-	if *file != "" {
-		f, err := os.Open(*file)
-		if err != nil {
-			return 0, err
-		}
-		defer f.Close()
-		if events, err = auditing.ReadJSON(f); err != nil {
-			return 0, err
-		}
-	} else {
-		db, err := connect(ctx, *url, kr)
-		if err != nil {
-			return 0, err
-		}
-		defer db.Close()
-		if events, err = auditing.ReadPostgres(ctx, db, kr.AuditChainMAC()); err != nil {
-			return 0, err
-		}
-	}
 	var cps []auditing.Checkpoint
 	if *cpFile != "" {
 		if cps, err = auditing.ReadCheckpointsFile(*cpFile); err != nil {
 			return 0, err
 		}
 	}
-	report := auditing.Verify(events, kr.AuditMAC(), cps)
+	var report auditing.Report
+	if *file != "" {
+		f, err := os.Open(*file)
+		if err != nil {
+			return 0, err
+		}
+		defer f.Close()
+		events, err := auditing.ReadJSON(f)
+		if err != nil {
+			return 0, err
+		}
+		report = auditing.Verify(events, kr.AuditMAC(), cps)
+	} else {
+		db, err := connect(ctx, *url, kr)
+		if err != nil {
+			return 0, err
+		}
+		defer db.Close()
+		// One batch at a time: the table may be far larger than memory.
+		if report, err = auditing.VerifyPostgres(ctx, db, kr.AuditChainMAC(), cps); err != nil {
+			return 0, err
+		}
+	}
 	fmt.Fprintln(stdout, report.String())
 	if !report.OK() {
 		return 1, nil
