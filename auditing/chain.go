@@ -1,7 +1,9 @@
 package auditing
 
 import (
+	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"sync"
@@ -96,19 +98,58 @@ func (c *Chain) Reset(lastSeq uint64, lastHash []byte) {
 	c.reset(lastSeq, lastHash)
 }
 
-// ResyncPostgres moves the chain's head to the last event of its stream
-// stored in the audit table ([LastPostgres]), under the chain's lock, so
-// that no Append runs in between. Use it after [ErrConflict] when the table
-// is the stream's store of record and this chain its only writer: the write
-// whose outcome was unknown did commit, and the chain continues after it.
+// ResyncPostgres moves the chain's head past the events of its stream that
+// are stored after it in the audit table and continue it: rows that start
+// at the next sequence number, chain from the head and whose hashes verify
+// under the chain's MAC. It holds the chain's lock meanwhile, so that no
+// Append runs in between. Use it after [ErrConflict] when this chain is the
+// stream's only writer: a write whose outcome was unknown did commit, and
+// the chain continues after it.
+//
+// Rows that do not continue the head (a forgery, or a second writer on the
+// stream) are not adopted: the head stays, and ResyncPostgres returns an
+// error wrapping ErrConflict, with the sequence number.
 func (c *Chain) ResyncPostgres(ctx context.Context, db DB) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	cp, _, err := LastPostgres(ctx, db, c.stream)
+	rows, err := db.Query(ctx, `SELECT `+selectColumns+` FROM `+DefaultTable+`
+WHERE stream = $1 AND first_seq > $2 ORDER BY `+storedOrder, c.stream, int64(c.seq))
 	if err != nil {
-		return err
+		return fmt.Errorf("auditing: reading the audit table: %w", err)
 	}
-	c.reset(cp.Seq, cp.Hash)
+	defer rows.Close()
+	h := newBatchHasher(c.mac)
+	seq, head, t := c.seq, c.head, c.time
+	var row storedRow
+	for rows.Next() {
+		if err := row.scan(rows); err != nil {
+			return err
+		}
+		if uint64(row.first) != seq+1 || !bytes.Equal(row.prev, head) {
+			break
+		}
+		events, err := row.expand(nil)
+		if err != nil {
+			return err
+		}
+		ok := make([]bool, len(events))
+		if err := h.rehash(events, &storedBatch{n: len(events), prev: row.prev, checks: row.p.checks, last: row.p.last}, ok); err != nil {
+			return err
+		}
+		if slices.Contains(ok, false) {
+			break
+		}
+		seq, head, t = uint64(row.last), slices.Clone(row.p.last), row.shared.Time
+		row = storedRow{}
+	}
+	if err := rows.Err(); err != nil {
+		return fmt.Errorf("auditing: reading the audit table: %w", err)
+	}
+	if seq == c.seq {
+		return fmt.Errorf("auditing: stream %q: the events stored after seq %d do not continue the chain: %w", c.stream, seq, ErrConflict)
+	}
+	c.seq, c.head, c.time = seq, head, t
+	c.publish()
 	return nil
 }
 
@@ -177,7 +218,8 @@ func (c *Chain) SetCheckpointFunc(every uint64, fn func(Checkpoint)) {
 // If write returns an error (or the MAC fails), the chain's head is restored
 // as it was, so the next Append reuses the same sequence numbers and leaves
 // no gap; the events' Seq, PrevHash and Hash are cleared and the error is
-// returned. A nil write only seals the events. Append with no events does
+// returned. An error wrapped with [Stored] (the events were stored before
+// something else failed) keeps the events in the chain instead. A nil write only seals the events. Append with no events does
 // nothing.
 //
 // write runs under the chain's lock: it must not call Append on the same
@@ -217,10 +259,15 @@ func (c *Chain) finish(ctx context.Context, events []Event, write func(context.C
 // the events were sealed from. It releases c.mu, which the caller holds.
 // seq0 is the sequence number before the events, for checkpoints.
 func (c *Chain) commit(ctx context.Context, write func(context.Context) error, undo func(), seq0 uint64) error {
+	var late error // a failure after the events were stored
 	if write != nil {
 		if err := c.callWrite(ctx, write, undo); err != nil {
-			c.mu.Unlock()
-			return err
+			var s *storedError
+			if !errors.As(err, &s) {
+				c.mu.Unlock()
+				return err
+			}
+			late = s.err
 		}
 	}
 	c.publish()
@@ -232,8 +279,26 @@ func (c *Chain) commit(ctx context.Context, write func(context.Context) error, u
 	if deliver {
 		c.deliverCheckpoints()
 	}
-	return nil
+	return late
 }
+
+// Stored wraps an error that a write function (of [Chain.Append] or
+// [Chain.AppendBatch]) returns when the events were stored durably before
+// something else failed, for example a second sink after the audit table:
+// the chain keeps the events (its head moves past them, as after a
+// success), so that the next Append does not reuse their sequence numbers,
+// and Append returns err. A nil err stays nil.
+func Stored(err error) error {
+	if err == nil {
+		return nil
+	}
+	return &storedError{err: err}
+}
+
+type storedError struct{ err error }
+
+func (e *storedError) Error() string { return e.err.Error() }
+func (e *storedError) Unwrap() error { return e.err }
 
 // offerCheckpoint queues cp for delivery, replacing an older one not yet
 // delivered (cp covers it: its hash binds all earlier events). It reports
@@ -292,7 +357,8 @@ func (c *Chain) callWrite(ctx context.Context, write func(context.Context) error
 	}()
 	err = write(ctx)
 	ok = true
-	if err != nil {
+	var s *storedError
+	if err != nil && !errors.As(err, &s) {
 		undo()
 	}
 	return err

@@ -726,6 +726,11 @@ type safeError struct {
 func (e *safeError) Error() string   { return e.msg }
 func (e *safeError) Unwrap() []error { return e.errs }
 
+// storedOrder orders the rows of one stream: by sequence number, and rows
+// that claim the same first one (possible only without the primary key) in
+// a fixed order, so that every reader sees them alike.
+const storedOrder = `first_seq, last_seq, ctid`
+
 const selectColumns = `stream, first_seq, last_seq, prev_hash, event_time, actor_id, actor_role, action, table_name,
 	column_names, purpose, client_addr, request_id, outcome, reason, ids, pks, checks, last_hash`
 
@@ -762,7 +767,7 @@ const selectColumns = `stream, first_seq, last_seq, prev_hash, event_time, actor
 // reordering shows up in PostgreSQL only as events whose contents were
 // swapped, which Verify reports as altered.
 func ReadPostgres(ctx context.Context, db DB, mac tink.MAC) ([]Event, error) {
-	return readPostgres(ctx, db, mac, `SELECT `+selectColumns+` FROM `+DefaultTable+` ORDER BY stream, first_seq`)
+	return readPostgres(ctx, db, mac, `SELECT `+selectColumns+` FROM `+DefaultTable+` ORDER BY stream, `+storedOrder)
 }
 
 // storedBatch is what readPostgres keeps of a row to compute its events'
@@ -947,7 +952,11 @@ func (h *batchHasher) rehash(batch []Event, sb *storedBatch, ok []bool) error {
 			e.Hash = check // the last hash or the last check was replaced
 		case i == len(batch)-1:
 			e.Hash = sb.last
-			valid = bytes.Equal(h.tag, sb.last)
+			if h.km != nil {
+				valid = bytes.Equal(h.tag, sb.last)
+			} else { // as Verify decides: any enabled key of mac
+				valid = h.mac.VerifyMAC(sb.last, h.buf) == nil
+			}
 		case len(h.tag) >= checkSize && bytes.Equal(h.tag[len(h.tag)-checkSize:], check):
 			e.Hash = bytes.Clone(h.tag)
 			valid = true

@@ -19,13 +19,12 @@ import (
 // Rows come in stream and sequence order, so an expected event never comes
 // later than a higher one: what Verify would call reordered shows here, as
 // there, as altered events, and a gap is missing events. An event claiming
-// a seq already verified is reported as inserted, without telling a copy
-// from a fork.
+// a seq already verified is reported as inserted.
 func VerifyPostgres(ctx context.Context, db DB, mac tink.MAC, checkpoints []Checkpoint) (Report, error) {
 	if mac == nil {
 		return Report{}, fmt.Errorf("auditing: verifying the audit table: no MAC")
 	}
-	rows, err := db.Query(ctx, `SELECT `+selectColumns+` FROM `+DefaultTable+` ORDER BY stream, first_seq`)
+	rows, err := db.Query(ctx, `SELECT `+selectColumns+` FROM `+DefaultTable+` ORDER BY stream, `+storedOrder)
 	if err != nil {
 		return Report{}, fmt.Errorf("auditing: reading the audit table: %w", err)
 	}
@@ -121,7 +120,7 @@ func (v *pgVerifier) add(row *storedRow) error {
 			return err
 		}
 	}
-	v.spare, v.spareOK = v.pending, v.pendingOK
+	v.spare, v.spareOK = v.pending, v.pendingOK // kept whole: flush looks up copies in it
 	v.pending, v.pendingOK = events, ok
 	return nil
 }
@@ -142,7 +141,16 @@ func (v *pgVerifier) startStream(name string) {
 // that follows them in the same stream, if hasNext.
 func (v *pgVerifier) flush(nextFirst uint64, hasNext bool) error {
 	events, ok := v.pending, v.pendingOK
-	v.pending = v.pending[:0]
+	// A break at a seq already verified is at the first event of a row, and
+	// that seq is in the row verified just before (rows come in first_seq
+	// order and chain without overlap): v.spare, not yet reused.
+	prevRow := v.spare
+	copyOf := func(seq uint64) []byte {
+		if len(prevRow) > 0 && seq >= prevRow[0].Seq && seq-prevRow[0].Seq < uint64(len(prevRow)) {
+			return prevRow[seq-prevRow[0].Seq].Hash
+		}
+		return nil
+	}
 	if v.broken || len(events) == 0 {
 		return nil
 	}
@@ -152,7 +160,7 @@ func (v *pgVerifier) flush(nextFirst uint64, hasNext bool) error {
 			k+1 == len(events) && hasNext && nextFirst == e.Seq
 		// In table order no row that comes later holds a lower seq than
 		// this one's first: the expected seq never comes later.
-		p, broken := v.walk.step(e, ok[k], sameSeqNext, func() bool { return false }, func(uint64) []byte { return nil })
+		p, broken := v.walk.step(e, ok[k], sameSeqNext, func() bool { return false }, copyOf)
 		if broken {
 			v.r.Problems = append(v.r.Problems, p)
 			v.broken = true

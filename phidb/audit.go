@@ -112,10 +112,18 @@ func (a *auditor) record(ctx context.Context, events []auditing.Event, tx pgx.Tx
 		defer conn.Release()
 		db = conn
 	}
-	err := a.resyncAfter(ctx, a.chain.Append(ctx, events, a.writer(db, tx)))
+	var own auditing.DB // the connection to resync through: not the rolled-back tx
+	if tx == nil {
+		own = db
+	}
+	write := func(ctx context.Context, sealed []auditing.Event) error {
+		return a.store(ctx, tx, func(ctx context.Context) error { return a.pg.WriteIn(ctx, db, sealed) },
+			func() []auditing.Event { return sealed })
+	}
+	err := a.resyncAfter(ctx, own, a.chain.Append(ctx, events, write))
 	if err != nil && tx == nil && errors.Is(err, auditing.ErrConflict) {
 		// The chain now continues after the stored events: once more.
-		err = a.chain.Append(ctx, events, a.writer(db, nil))
+		err = a.chain.Append(ctx, events, write)
 	}
 	return err
 }
@@ -133,21 +141,70 @@ func (a *auditor) recordBatch(ctx context.Context, b *auditing.Batch) error {
 		db = conn
 	}
 	err := a.chain.AppendBatch(ctx, b, func(ctx context.Context, b *auditing.Batch) error {
-		ctx, cancel := detached(ctx)
-		defer cancel()
-		if a.pg != nil {
-			if err := a.pg.WriteBatchIn(ctx, db, b); err != nil {
-				return fmt.Errorf("phidb: recording audit events: %w", err)
+		return a.store(ctx, nil, func(ctx context.Context) error { return a.pg.WriteBatchIn(ctx, db, b) }, b.Events)
+	})
+	return a.resyncAfter(ctx, db, err)
+}
+
+// ErrPartialAudit is returned when an operation's events were recorded in
+// phidb_audit but the other audit sink (Config.AuditSink) then failed. For
+// a write, the change is committed, with its events in phidb_audit; the
+// sink misses them (its verifier reports them missing). A read returns no
+// rows.
+var ErrPartialAudit = errors.New("phidb: recorded in phidb_audit, but the audit sink failed")
+
+// store writes sealed events, under the chain's lock, and commits tx if
+// there is one. pgWrite stores them in phidb_audit (in tx, if any) and
+// events returns them for Config.AuditSink.
+//
+// With phidb_audit, it is the record: the events go there, tx commits with
+// them, and only then does the other sink get them, so that it never holds
+// events of a change that rolled back; if it fails, the events stay in the
+// chain (auditing.Stored) and the error matches ErrPartialAudit. Without
+// phidb_audit, the sink is the record and gets the events before tx
+// commits; if the commit then fails, they stay in the chain too (the sink
+// has them) and the failure is recorded after them.
+//
+// A failed write rolls tx back here, under the chain's lock: its audit rows
+// must not hold their sequence numbers while the next Append writes them
+// again.
+func (a *auditor) store(ctx context.Context, tx pgx.Tx, pgWrite func(context.Context) error, events func() []auditing.Event) (err error) {
+	ctx, cancel := detached(ctx)
+	defer cancel()
+	if tx != nil {
+		defer func() {
+			if err != nil {
+				_ = tx.Rollback(ctx) // after a failed or done commit, a no-op
+			}
+		}()
+	}
+	if a.pg != nil {
+		if err := pgWrite(ctx); err != nil {
+			return fmt.Errorf("phidb: recording audit events: %w", err)
+		}
+		if tx != nil {
+			if err := tx.Commit(ctx); err != nil {
+				return err
 			}
 		}
 		if a.sink != nil {
-			if err := a.sink.Write(ctx, b.Events()); err != nil {
-				return fmt.Errorf("phidb: recording audit events: %w", err)
+			if err := a.sink.Write(ctx, events()); err != nil {
+				return auditing.Stored(fmt.Errorf("%w: %w", ErrPartialAudit, err))
 			}
 		}
 		return nil
-	})
-	return a.resyncAfter(ctx, err)
+	}
+	if a.sink != nil {
+		if err := a.sink.Write(ctx, events()); err != nil {
+			return fmt.Errorf("phidb: recording audit events: %w", err)
+		}
+	}
+	if tx != nil {
+		if err := tx.Commit(ctx); err != nil {
+			return auditing.Stored(err)
+		}
+	}
+	return nil
 }
 
 // auditWriteTimeout bounds a write of audit events, which does not stop
@@ -166,46 +223,21 @@ func detached(ctx context.Context) (context.Context, context.CancelFunc) {
 // numbers are stored already (a write whose outcome was unknown did commit),
 // it first moves the chain's head to the stored one, so that later
 // operations record again; the pool's stream has no other writer.
-func (a *auditor) resyncAfter(ctx context.Context, err error) error {
+func (a *auditor) resyncAfter(ctx context.Context, db auditing.DB, err error) error {
 	if err != nil && a.pg != nil && errors.Is(err, auditing.ErrConflict) {
 		ctx, cancel := detached(ctx)
 		defer cancel()
-		_ = a.chain.ResyncPostgres(ctx, a.pool) // best effort: the operation fails anyway
+		if db == nil { // acquired before the chain's lock is taken
+			conn, aerr := a.pool.Acquire(ctx)
+			if aerr != nil {
+				return err
+			}
+			defer conn.Release()
+			db = conn
+		}
+		_ = a.chain.ResyncPostgres(ctx, db) // best effort: the operation fails anyway
 	}
 	return err
-}
-
-// writer returns the function that stores sealed events: in PostgreSQL
-// through db, and in the configured sink; with tx, it commits tx after.
-func (a *auditor) writer(db auditing.DB, tx pgx.Tx) func(ctx context.Context, sealed []auditing.Event) error {
-	return func(ctx context.Context, sealed []auditing.Event) (err error) {
-		ctx, cancel := detached(ctx)
-		defer cancel()
-		if tx != nil {
-			// A failed commit rolls back, here, under the chain's lock: the
-			// transaction's audit rows must not hold their sequence numbers
-			// while the next Append writes them again.
-			defer func() {
-				if err != nil {
-					_ = tx.Rollback(ctx)
-				}
-			}()
-		}
-		if a.pg != nil {
-			if err := a.pg.WriteIn(ctx, db, sealed); err != nil {
-				return fmt.Errorf("phidb: recording audit events: %w", err)
-			}
-		}
-		if a.sink != nil {
-			if err := a.sink.Write(ctx, sealed); err != nil {
-				return fmt.Errorf("phidb: recording audit events: %w", err)
-			}
-		}
-		if tx != nil {
-			return tx.Commit(ctx)
-		}
-		return nil
-	}
 }
 
 // actor returns ctx carrying the actor of the operation: the context's, or
@@ -230,8 +262,17 @@ func (e *engine) recordFailure(ctx context.Context, action auditing.Action, tabl
 	}
 	ev := auditing.NewEvents(ctx, action, table, nil, pk)
 	ev[0].Outcome, ev[0].Reason = outcome, reason
+	// Recorded even if the operation's context ended, but without waiting
+	// forever for a pool connection: inside a Tx on a pool of one
+	// connection there is none to get.
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), failureRecordTimeout)
+	defer cancel()
 	_ = e.audit.record(ctx, ev, nil)
 }
+
+// failureRecordTimeout bounds the recording of a refused or failed
+// operation's event.
+const failureRecordTimeout = 5 * time.Second
 
 // failure classifies err for an audit event, by kind only: an error's text
 // can quote values.
@@ -287,9 +328,13 @@ func audited(ctx context.Context, q Querier, action auditing.Action, table strin
 	}
 	defer tx.tx.Rollback(context.WithoutCancel(ctx))
 	if err := do(tx); err != nil {
+		_ = tx.tx.Rollback(context.WithoutCancel(ctx)) // give its connection back before recording the failure
 		return fail(err)
 	}
 	if err := e.audit.record(ctx, events(), tx.tx); err != nil {
+		if errors.Is(err, ErrPartialAudit) {
+			return err // committed, and recorded in phidb_audit
+		}
 		return fail(err)
 	}
 	return nil

@@ -569,44 +569,149 @@ func (f *flakySink) Write(context.Context, []auditing.Event) error {
 	return nil
 }
 
-// When the audit table keeps events that the pool then took for lost (a
-// read's events were stored, then the other sink failed), the next write
-// collides with them; the pool takes its chain's head from the table and
-// records again. A write whose other sink fails leaves nothing behind, and
-// does not block the pool's next writes.
-func TestAuditResyncAfterConflict(t *testing.T) {
+// With phidb_audit and another sink, phidb_audit is the record: when the
+// other sink fails after it, the operation says so (ErrPartialAudit), the
+// write stays committed with its events, a read returns no rows, and the
+// pool goes on recording without a conflict.
+func TestAuditSinkFailsAfterTable(t *testing.T) {
 	kr := testKeys(t)
-	db := auditedPool(t, pgtest.NewDatabase(t), kr, phidb.Config{AuditSink: &flakySink{}}, everythingDDL)
 	ctx := clinician(context.Background())
 	rows := sampleRows()
-	_, err := phidb.InsertMany(ctx, db, rows) // write 1
+
+	reads := auditedPool(t, pgtest.NewDatabase(t), kr, phidb.Config{AuditSink: &flakySink{}}, everythingDDL)
+	_, err := phidb.InsertMany(ctx, reads, rows) // write 1
 	require.NoError(t, err)
-	_, err = phidb.Select[everything](ctx, db, "SELECT * FROM everything") // write 2 fails after the INSERT
+	got, err := phidb.Select[everything](ctx, reads, "SELECT * FROM everything") // write 2: stored, then the sink fails
+	require.ErrorIs(t, err, phidb.ErrPartialAudit)
 	require.ErrorContains(t, err, "sink down once")
-	got, err := phidb.Select[everything](ctx, db, "SELECT * FROM everything")
+	require.Nil(t, got)
+	got, err = phidb.Select[everything](ctx, reads, "SELECT * FROM everything")
 	require.NoError(t, err)
 	require.Len(t, got, len(rows))
-	events := storedEvents(t, db)
-	require.True(t, auditing.Verify(events, kr.AuditMAC(), []auditing.Checkpoint{db.AuditHead()}).OK())
-	require.Equal(t, uint64(len(events)), db.AuditHead().Seq)
+	events := storedEvents(t, reads)
+	require.Len(t, events, 3*len(rows), "the failed read's events are kept: its rows were read from the database")
+	require.True(t, auditing.Verify(events, kr.AuditMAC(), []auditing.Checkpoint{reads.AuditHead()}).OK())
 
-	// A write (its events in its transaction) whose other sink fails.
-	tdb := auditedPool(t, pgtest.NewDatabase(t), kr, phidb.Config{AuditSink: &flakySink{}}, everythingDDL)
-	_, err = phidb.InsertMany(ctx, tdb, rows[:1]) // write 1
+	writes := auditedPool(t, pgtest.NewDatabase(t), kr, phidb.Config{AuditSink: &flakySink{}}, everythingDDL)
+	_, err = phidb.InsertMany(ctx, writes, rows[:1]) // write 1
 	require.NoError(t, err)
-	done := make(chan error, 1)
-	go func() { _, err := phidb.InsertMany(ctx, tdb, rows[1:]); done <- err }() // write 2 fails
-	select {
-	case err = <-done:
-		require.ErrorContains(t, err, "sink down once")
-	case <-time.After(10 * time.Second):
-		t.Fatal("a write whose sink failed blocks")
-	}
-	_, err = phidb.InsertMany(ctx, tdb, rows[1:])
-	require.NoError(t, err)
+	_, err = phidb.InsertMany(ctx, writes, rows[1:]) // write 2: committed, then the sink fails
+	require.ErrorIs(t, err, phidb.ErrPartialAudit)
 	var n int
-	require.NoError(t, tdb.QueryRow(ctx, "SELECT count(*) FROM everything").Scan(&n))
-	require.Equal(t, len(rows), n)
-	events = storedEvents(t, tdb)
-	require.True(t, auditing.Verify(events, kr.AuditMAC(), []auditing.Checkpoint{tdb.AuditHead()}).OK())
+	require.NoError(t, writes.QueryRow(ctx, "SELECT count(*) FROM everything").Scan(&n))
+	require.Equal(t, len(rows), n, "the change is committed")
+	require.NoError(t, phidb.Delete[everything](ctx, writes, rows[0].ID))
+	events = storedEvents(t, writes)
+	require.Len(t, events, len(rows)+1)
+	for _, e := range events {
+		require.Equal(t, auditing.OutcomeOK, e.Outcome, "no failure recorded for a committed change")
+	}
+	require.True(t, auditing.Verify(events, kr.AuditMAC(), []auditing.Checkpoint{writes.AuditHead()}).OK())
+}
+
+// A write whose COMMIT fails after its events were handed over (here a
+// deferred constraint): with phidb_audit, the other sink never sees them;
+// with the other sink alone, it keeps them, followed by the failure. Either
+// way every stream verifies.
+func TestAuditCommitFails(t *testing.T) {
+	kr := testKeys(t)
+	ctx := clinician(context.Background())
+	ddl := []string{everythingDDL,
+		`CREATE FUNCTION no_bad_ward() RETURNS trigger LANGUAGE plpgsql AS $$
+			BEGIN IF NEW.ward = 'bad' THEN RAISE EXCEPTION 'bad ward'; END IF; RETURN NULL; END $$`,
+		`CREATE CONSTRAINT TRIGGER no_bad_ward AFTER INSERT ON everything DEFERRABLE INITIALLY DEFERRED
+			FOR EACH ROW EXECUTE FUNCTION no_bad_ward()`}
+	for _, withTable := range []bool{true, false} {
+		t.Run(fmt.Sprint("phidb_audit=", withTable), func(t *testing.T) {
+			var out syncBuffer
+			cs := pgtest.NewDatabase(t)
+			db := auditedPool(t, cs, kr, phidb.Config{AuditSink: auditing.NewJSONSink(&out)}, ddl...)
+			if !withTable {
+				var err error
+				db, err = phidb.New(ctx, cs, phidb.Config{Keys: kr, AuditSink: auditing.NewJSONSink(&out)})
+				require.NoError(t, err)
+				defer db.Close()
+			}
+			rows := sampleRows()
+			rows[0].Ward = "bad"
+			require.ErrorContains(t, phidb.Insert(ctx, db, &rows[0]), "bad ward")
+			rows[1].Ward = "fine"
+			require.NoError(t, phidb.Insert(ctx, db, &rows[1]))
+
+			sinkEvents, err := auditing.ReadJSON(strings.NewReader(out.String()))
+			require.NoError(t, err)
+			r := auditing.Verify(sinkEvents, kr.AuditMAC(), []auditing.Checkpoint{db.AuditHead()})
+			require.True(t, r.OK(), r.String())
+			var outcomes []auditing.Outcome
+			for _, e := range sinkEvents {
+				outcomes = append(outcomes, e.Outcome)
+			}
+			if withTable {
+				require.Equal(t, []auditing.Outcome{auditing.OutcomeError, auditing.OutcomeOK}, outcomes)
+				table := storedEvents(t, db)
+				require.Equal(t, sinkEvents, table)
+			} else {
+				require.Equal(t, []auditing.Outcome{auditing.OutcomeOK, auditing.OutcomeError, auditing.OutcomeOK}, outcomes,
+					"the attempt, its failure, the next write")
+			}
+		})
+	}
+}
+
+// A pool of one connection: a failed write records its failure, and a
+// conflict on the pool's stream is handled, without waiting for a second
+// connection. A row someone stored at the pool's next seq is not taken for
+// the pool's own: the pool refuses to write after it rather than continue
+// from a forged head.
+func TestAuditOneConnectionAndForgedHead(t *testing.T) {
+	kr := testKeys(t)
+	db := auditedPool(t, pgtest.NewDatabase(t)+" pool_max_conns=1", kr, phidb.Config{AuditStream: "app"}, everythingDDL)
+	ctx, cancel := context.WithTimeout(clinician(context.Background()), 20*time.Second)
+	defer cancel()
+	rows := sampleRows()
+	require.NoError(t, phidb.Insert(ctx, db, &rows[0]))
+	start := time.Now()
+	require.Error(t, phidb.Insert(ctx, db, &rows[0]), "duplicate key")
+	require.Less(t, time.Since(start), 3*time.Second)
+	head := db.AuditHead()
+	require.Equal(t, uint64(2), head.Seq, "the failure is recorded")
+
+	forger := auditing.ResumeChain("app", testKeys(t).AuditChainMAC(), head.Seq, []byte("not the head"))
+	require.NoError(t, forger.Append(ctx, auditing.NewEvents(ctx, auditing.ActionRead, "everything", nil, "x"), auditing.NewPostgresSink(db).Write))
+	for range 2 {
+		start = time.Now()
+		err := phidb.Insert(ctx, db, &rows[1])
+		require.ErrorIs(t, err, auditing.ErrConflict)
+		require.Less(t, time.Since(start), 3*time.Second)
+		require.Equal(t, head, db.AuditHead(), "the forged row is not adopted")
+	}
+	var n int
+	require.NoError(t, db.QueryRow(ctx, "SELECT count(*) FROM everything").Scan(&n))
+	require.Equal(t, 1, n, "no change without its events")
+	r := auditing.Verify(storedEvents(t, db), kr.AuditMAC(), []auditing.Checkpoint{head})
+	requireProblemAt(t, r, head.Seq+1)
+}
+
+func requireProblemAt(t *testing.T, r auditing.Report, seq uint64) {
+	t.Helper()
+	require.Len(t, r.Problems, 1, r.String())
+	require.Equal(t, seq, r.Problems[0].Seq, r.String())
+}
+
+// syncBuffer is a bytes.Buffer safe for concurrent use.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
 }
