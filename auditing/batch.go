@@ -346,5 +346,5 @@ func (c *Chain) AppendBatch(ctx context.Context, b *Batch, write func(ctx contex
 			return write(ctx, b)
 		}
 	}
-	return c.commit(ctx, w, func() { c.seq, c.head, c.time = seq0, head0, time0 }, seq0)
+	return c.commit(ctx, w, func() { c.seq, c.head, c.time = seq0, head0, time0 })
 }

@@ -3,7 +3,6 @@ package auditing
 import (
 	"bytes"
 	"context"
-	"errors"
 	"fmt"
 	"slices"
 	"sync"
@@ -51,6 +50,7 @@ type Chain struct {
 	snap    Checkpoint
 	snapGen uint64
 	cpEvery uint64           // guarded by mu
+	cpSeq   uint64           // guarded by mu: the head's seq when checkpoints were last considered
 	cpFn    func(Checkpoint) // guarded by mu
 
 	cpMu      sync.Mutex // guards the fields below; never held while calling a checkpoint func
@@ -154,6 +154,7 @@ WHERE stream = $1 AND first_seq > $2 ORDER BY `+storedOrder, c.stream, int64(c.s
 }
 
 func (c *Chain) reset(lastSeq uint64, lastHash []byte) {
+	c.cpSeq = lastSeq
 	c.seq = lastSeq
 	c.head = slices.Clone(lastHash)
 	c.time = time.Time{}
@@ -251,19 +252,18 @@ func (c *Chain) finish(ctx context.Context, events []Event, write func(context.C
 	if write != nil {
 		w = func(ctx context.Context) error { return write(ctx, events) }
 	}
-	return c.commit(ctx, w, func() { c.restore(events, seq0, head0, time0) }, seq0)
+	return c.commit(ctx, w, func() { c.restore(events, seq0, head0, time0) })
 }
 
 // commit calls write, if not nil, and publishes the head the caller sealed
 // up to; if write fails (or panics), it calls undo, which restores the head
 // the events were sealed from. It releases c.mu, which the caller holds.
-// seq0 is the sequence number before the events, for checkpoints.
-func (c *Chain) commit(ctx context.Context, write func(context.Context) error, undo func(), seq0 uint64) error {
+func (c *Chain) commit(ctx context.Context, write func(context.Context) error, undo func()) error {
 	var late error // a failure after the events were stored
 	if write != nil {
 		if err := c.callWrite(ctx, write, undo); err != nil {
-			var s *storedError
-			if !errors.As(err, &s) {
+			s, ok := err.(*storedError) // only the write's own word: not one wrapped inside its error
+			if !ok {
 				c.mu.Unlock()
 				return err
 			}
@@ -272,9 +272,12 @@ func (c *Chain) commit(ctx context.Context, write func(context.Context) error, u
 	}
 	c.publish()
 	deliver := false
-	if c.cpFn != nil && c.seq/c.cpEvery > seq0/c.cpEvery {
+	// Against the last seq seen here, not seq0: a head moved by
+	// ResyncPostgres may have passed a multiple of cpEvery.
+	if c.cpFn != nil && c.seq/c.cpEvery > c.cpSeq/c.cpEvery {
 		deliver = c.offerCheckpoint(Checkpoint{Stream: c.stream, Seq: c.seq, Hash: slices.Clone(c.head), Time: c.time}, c.cpFn)
 	}
+	c.cpSeq = c.seq
 	c.mu.Unlock()
 	if deliver {
 		c.deliverCheckpoints()
@@ -291,6 +294,9 @@ func (c *Chain) commit(ctx context.Context, write func(context.Context) error, u
 func Stored(err error) error {
 	if err == nil {
 		return nil
+	}
+	if s, ok := err.(*storedError); ok {
+		return s
 	}
 	return &storedError{err: err}
 }
@@ -357,8 +363,7 @@ func (c *Chain) callWrite(ctx context.Context, write func(context.Context) error
 	}()
 	err = write(ctx)
 	ok = true
-	var s *storedError
-	if err != nil && !errors.As(err, &s) {
+	if _, stored := err.(*storedError); err != nil && !stored {
 		undo()
 	}
 	return err

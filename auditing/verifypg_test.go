@@ -147,3 +147,26 @@ func TestResyncPostgres(t *testing.T) {
 	require.ErrorIs(t, tc.ResyncPostgres(ctx, pool), auditing.ErrConflict)
 	require.Zero(t, tc.Head().Seq)
 }
+
+// A checkpoint boundary passed by the events ResyncPostgres adopts is
+// checkpointed at the next Append.
+func TestResyncPostgresCheckpoints(t *testing.T) {
+	ctx := context.Background()
+	pool := newPool(t)
+	mac := newChainMAC(t)
+	sink := auditing.NewPostgresSink(pool)
+	u := actorCtx("u")
+	c := auditing.NewChain("s", mac)
+	var cps []uint64
+	c.SetCheckpointFunc(5, func(cp auditing.Checkpoint) { cps = append(cps, cp.Seq) })
+	require.NoError(t, c.Append(u, readEvents(u, "a", 3), sink.Write))
+	err := c.Append(u, readEvents(u, "b", 3), func(ctx context.Context, sealed []auditing.Event) error {
+		require.NoError(t, sink.Write(ctx, sealed)) // stored, but reported lost: seqs 4-6
+		return context.DeadlineExceeded
+	})
+	require.Error(t, err)
+	require.NoError(t, c.ResyncPostgres(ctx, pool))
+	require.Empty(t, cps)
+	require.NoError(t, c.Append(u, readEvents(u, "c", 1), sink.Write))
+	require.Equal(t, []uint64{7}, cps, "the boundary at 5, passed while resyncing")
+}

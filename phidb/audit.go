@@ -102,7 +102,21 @@ const (
 // The connection is acquired before the chain's lock is taken: a lock holder
 // waiting for a pool connection held by a transaction that waits for the lock
 // would deadlock.
-func (a *auditor) record(ctx context.Context, events []auditing.Event, tx pgx.Tx) error {
+func (a *auditor) record(ctx context.Context, events []auditing.Event, tx pgx.Tx) (err error) {
+	if tx != nil {
+		// Whatever fails from here on, the transaction does not commit
+		// without its events: roll it back (a no-op once committed).
+		defer func() {
+			if err != nil && !errors.Is(err, ErrPartialAudit) {
+				_ = tx.Rollback(context.WithoutCancel(ctx))
+			}
+		}()
+		// Deferred constraints run now, outside the chain's lock: at COMMIT,
+		// under it, they could wait for a transaction that waits for the lock.
+		if _, err := tx.Exec(ctx, "SET CONSTRAINTS ALL IMMEDIATE"); err != nil {
+			return err
+		}
+	}
 	var db auditing.DB = tx
 	if a.pg != nil && tx == nil {
 		conn, err := a.pool.Acquire(ctx)
@@ -120,8 +134,8 @@ func (a *auditor) record(ctx context.Context, events []auditing.Event, tx pgx.Tx
 		return a.store(ctx, tx, func(ctx context.Context) error { return a.pg.WriteIn(ctx, db, sealed) },
 			func() []auditing.Event { return sealed })
 	}
-	err := a.resyncAfter(ctx, own, a.chain.Append(ctx, events, write))
-	if err != nil && tx == nil && errors.Is(err, auditing.ErrConflict) {
+	err = a.chain.Append(ctx, events, write)
+	if a.resyncAfter(ctx, own, err) && tx == nil {
 		// The chain now continues after the stored events: once more.
 		err = a.chain.Append(ctx, events, write)
 	}
@@ -143,7 +157,22 @@ func (a *auditor) recordBatch(ctx context.Context, b *auditing.Batch) error {
 	err := a.chain.AppendBatch(ctx, b, func(ctx context.Context, b *auditing.Batch) error {
 		return a.store(ctx, nil, func(ctx context.Context) error { return a.pg.WriteBatchIn(ctx, db, b) }, b.Events)
 	})
-	return a.resyncAfter(ctx, db, err)
+	a.resyncAfter(ctx, db, err)
+	return err
+}
+
+// errSinkPanicked is what a panic of Config.AuditSink turns into. The
+// panic's value is dropped: it could quote the events.
+var errSinkPanicked = errors.New("the audit sink panicked")
+
+// writeSink hands events to sink, turning a panic into errSinkPanicked.
+func writeSink(ctx context.Context, sink auditing.Sink, events []auditing.Event) (err error) {
+	defer func() {
+		if recover() != nil {
+			err = errSinkPanicked
+		}
+	}()
+	return sink.Write(ctx, events)
 }
 
 // ErrPartialAudit is returned when an operation's events were recorded in
@@ -163,7 +192,7 @@ var ErrPartialAudit = errors.New("phidb: recorded in phidb_audit, but the audit 
 // chain (auditing.Stored) and the error matches ErrPartialAudit. Without
 // phidb_audit, the sink is the record and gets the events before tx
 // commits; if the commit then fails, they stay in the chain too (the sink
-// has them) and the failure is recorded after them.
+// has them), and the caller records the failure after them.
 //
 // A failed write rolls tx back here, under the chain's lock: its audit rows
 // must not hold their sequence numbers while the next Append writes them
@@ -188,14 +217,14 @@ func (a *auditor) store(ctx context.Context, tx pgx.Tx, pgWrite func(context.Con
 			}
 		}
 		if a.sink != nil {
-			if err := a.sink.Write(ctx, events()); err != nil {
+			if err := writeSink(ctx, a.sink, events()); err != nil {
 				return auditing.Stored(fmt.Errorf("%w: %w", ErrPartialAudit, err))
 			}
 		}
 		return nil
 	}
 	if a.sink != nil {
-		if err := a.sink.Write(ctx, events()); err != nil {
+		if err := writeSink(ctx, a.sink, events()); err != nil {
 			return fmt.Errorf("phidb: recording audit events: %w", err)
 		}
 	}
@@ -219,25 +248,29 @@ func detached(ctx context.Context) (context.Context, context.CancelFunc) {
 	return context.WithTimeout(context.WithoutCancel(ctx), auditWriteTimeout)
 }
 
-// resyncAfter passes err through. If it says that the events' sequence
-// numbers are stored already (a write whose outcome was unknown did commit),
-// it first moves the chain's head to the stored one, so that later
-// operations record again; the pool's stream has no other writer.
-func (a *auditor) resyncAfter(ctx context.Context, db auditing.DB, err error) error {
-	if err != nil && a.pg != nil && errors.Is(err, auditing.ErrConflict) {
-		ctx, cancel := detached(ctx)
-		defer cancel()
-		if db == nil { // acquired before the chain's lock is taken
-			conn, aerr := a.pool.Acquire(ctx)
-			if aerr != nil {
-				return err
-			}
-			defer conn.Release()
-			db = conn
-		}
-		_ = a.chain.ResyncPostgres(ctx, db) // best effort: the operation fails anyway
+// resyncAfter looks at the error of a write of events to phidb_audit. If
+// it says that their sequence numbers are stored already (a write whose
+// outcome was unknown did commit), it moves the chain's head past the
+// stored events that continue it (auditing.Chain.ResyncPostgres), through
+// db if not nil, so that later operations record again; the pool's stream
+// has no other writer. It reports whether the head moved. It is best
+// effort, and bounded in time: the operation fails anyway.
+func (a *auditor) resyncAfter(ctx context.Context, db auditing.DB, err error) bool {
+	if err == nil || a.pg == nil || !errors.Is(err, auditing.ErrConflict) || errors.Is(err, ErrPartialAudit) {
+		return false // (an ErrConflict of the other sink is that sink's business)
 	}
-	return err
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), failureRecordTimeout)
+	defer cancel()
+	if db == nil { // acquired before the chain's lock is taken
+		conn, aerr := a.pool.Acquire(ctx)
+		if aerr != nil {
+			return false
+		}
+		defer conn.Release()
+		db = conn
+	}
+	before := a.chain.Head().Seq
+	return a.chain.ResyncPostgres(ctx, db) == nil && a.chain.Head().Seq != before
 }
 
 // actor returns ctx carrying the actor of the operation: the context's, or

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
 	"github.com/stretchr/testify/require"
 
 	"github.com/phidb/phidb/auditing"
@@ -609,18 +610,19 @@ func TestAuditSinkFailsAfterTable(t *testing.T) {
 	require.True(t, auditing.Verify(events, kr.AuditMAC(), []auditing.Checkpoint{writes.AuditHead()}).OK())
 }
 
-// A write whose COMMIT fails after its events were handed over (here a
-// deferred constraint): with phidb_audit, the other sink never sees them;
-// with the other sink alone, it keeps them, followed by the failure. Either
-// way every stream verifies.
-func TestAuditCommitFails(t *testing.T) {
+// A deferred constraint that fails is checked before the audit write (not
+// at COMMIT, under the chain's lock), so no sink sees the events of the
+// change it stops; and a deferred check that has to wait for another
+// transaction holds up nobody else.
+func TestAuditDeferredConstraints(t *testing.T) {
 	kr := testKeys(t)
 	ctx := clinician(context.Background())
 	ddl := []string{everythingDDL,
 		`CREATE FUNCTION no_bad_ward() RETURNS trigger LANGUAGE plpgsql AS $$
 			BEGIN IF NEW.ward = 'bad' THEN RAISE EXCEPTION 'bad ward'; END IF; RETURN NULL; END $$`,
 		`CREATE CONSTRAINT TRIGGER no_bad_ward AFTER INSERT ON everything DEFERRABLE INITIALLY DEFERRED
-			FOR EACH ROW EXECUTE FUNCTION no_bad_ward()`}
+			FOR EACH ROW EXECUTE FUNCTION no_bad_ward()`,
+		`ALTER TABLE everything ADD CONSTRAINT one_per_ward UNIQUE (ward) DEFERRABLE INITIALLY DEFERRED`}
 	for _, withTable := range []bool{true, false} {
 		t.Run(fmt.Sprint("phidb_audit=", withTable), func(t *testing.T) {
 			var out syncBuffer
@@ -638,6 +640,28 @@ func TestAuditCommitFails(t *testing.T) {
 			rows[1].Ward = "fine"
 			require.NoError(t, phidb.Insert(ctx, db, &rows[1]))
 
+			// A transaction holds ward W; a pool Insert of W must wait for
+			// it, outside the chain's lock, so the transaction can commit.
+			tx, err := db.Begin(ctx)
+			require.NoError(t, err)
+			a := sampleRows()[0]
+			a.Ward = "W"
+			require.NoError(t, phidb.Insert(ctx, tx, &a))
+			b := sampleRows()[0]
+			b.Ward = "W"
+			done := make(chan error, 1)
+			go func() { done <- phidb.Insert(ctx, db, &b) }()
+			time.Sleep(200 * time.Millisecond) // b waits for tx
+			start := time.Now()
+			require.NoError(t, tx.Commit(ctx))
+			require.Less(t, time.Since(start), 5*time.Second)
+			select {
+			case err := <-done:
+				require.ErrorContains(t, err, "23505")
+			case <-time.After(10 * time.Second):
+				t.Fatal("the second insert of ward W hangs")
+			}
+
 			sinkEvents, err := auditing.ReadJSON(strings.NewReader(out.String()))
 			require.NoError(t, err)
 			r := auditing.Verify(sinkEvents, kr.AuditMAC(), []auditing.Checkpoint{db.AuditHead()})
@@ -646,16 +670,56 @@ func TestAuditCommitFails(t *testing.T) {
 			for _, e := range sinkEvents {
 				outcomes = append(outcomes, e.Outcome)
 			}
+			require.Equal(t, []auditing.Outcome{auditing.OutcomeError, auditing.OutcomeOK, auditing.OutcomeOK, auditing.OutcomeError}, outcomes)
 			if withTable {
-				require.Equal(t, []auditing.Outcome{auditing.OutcomeError, auditing.OutcomeOK}, outcomes)
-				table := storedEvents(t, db)
-				require.Equal(t, sinkEvents, table)
-			} else {
-				require.Equal(t, []auditing.Outcome{auditing.OutcomeOK, auditing.OutcomeError, auditing.OutcomeOK}, outcomes,
-					"the attempt, its failure, the next write")
+				require.Equal(t, sinkEvents, storedEvents(t, db))
 			}
 		})
 	}
+}
+
+// With a sink alone, a transaction whose COMMIT fails (a serialization
+// failure) after the sink took its events: the sink keeps the attempt, and
+// the failure follows it.
+func TestAuditSinkOnlyCommitFails(t *testing.T) {
+	kr := testKeys(t)
+	ctx := clinician(context.Background())
+	var out syncBuffer
+	cs := pgtest.NewDatabase(t)
+	_ = auditedPool(t, cs, kr, phidb.Config{}, everythingDDL)
+	db, err := phidb.New(ctx, cs, phidb.Config{Keys: kr, AuditSink: auditing.NewJSONSink(&out)})
+	require.NoError(t, err)
+	defer db.Close()
+
+	serializable := pgx.TxOptions{IsoLevel: pgx.Serializable}
+	t1, err := db.BeginTx(ctx, serializable)
+	require.NoError(t, err)
+	t2, err := db.BeginTx(ctx, serializable)
+	require.NoError(t, err)
+	var n int
+	for _, tx := range []*phidb.Tx{t1, t2} {
+		require.NoError(t, tx.QueryRow(ctx, "SELECT count(*) FROM everything").Scan(&n))
+	}
+	rows := sampleRows()
+	require.NoError(t, phidb.Insert(ctx, t1, &rows[0]))
+	require.NoError(t, phidb.Insert(ctx, t2, &rows[1]))
+	require.NoError(t, t1.Commit(ctx))
+	err = t2.Commit(ctx)
+	require.ErrorContains(t, err, "40001")
+	_ = t2.Rollback(ctx)
+	require.NoError(t, db.QueryRow(ctx, "SELECT count(*) FROM everything").Scan(&n))
+	require.Equal(t, 1, n)
+
+	events, err := auditing.ReadJSON(strings.NewReader(out.String()))
+	require.NoError(t, err)
+	r := auditing.Verify(events, kr.AuditMAC(), []auditing.Checkpoint{db.AuditHead()})
+	require.True(t, r.OK(), r.String())
+	var outcomes []string
+	for _, e := range events {
+		outcomes = append(outcomes, string(e.Action)+" "+string(e.Outcome))
+	}
+	require.Equal(t, []string{"create ok", "create ok", "create error"}, outcomes, "t1's insert, t2's attempt, its failure")
+	require.Equal(t, "SQLSTATE 40001", events[2].Reason)
 }
 
 // A pool of one connection: a failed write records its failure, and a
@@ -714,4 +778,99 @@ func (b *syncBuffer) String() string {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.buf.String()
+}
+
+// oddSink misbehaves on its second Write, as its field says.
+type oddSink struct {
+	writes atomic.Int32
+	fail   func() error  // returns the error of the second write, or panics
+	next   auditing.Sink // if set, gets the other writes
+}
+
+func (s *oddSink) Write(ctx context.Context, events []auditing.Event) error {
+	if s.writes.Add(1) == 2 {
+		return s.fail()
+	}
+	if s.next != nil {
+		return s.next.Write(ctx, events)
+	}
+	return nil
+}
+
+// Sinks that misbehave oddly: one whose error wraps ErrConflict (its own
+// store's) does not make the pool record the events twice; one that panics
+// after the commit does not put the chain behind phidb_audit; one whose
+// error wraps auditing.Stored does not make the chain keep events that no
+// sink stored.
+func TestAuditOddSinks(t *testing.T) {
+	kr := testKeys(t)
+	ctx := clinician(context.Background())
+	rows := sampleRows()
+	for _, tc := range []struct {
+		name string
+		fail func() error
+	}{
+		{"conflict", func() error { return fmt.Errorf("mirror: %w", auditing.ErrConflict) }},
+		{"panic", func() error { panic("sink bug quoting " + rows[0].Str) }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			db := auditedPool(t, pgtest.NewDatabase(t), kr, phidb.Config{AuditSink: &oddSink{fail: tc.fail}}, everythingDDL)
+			_, err := phidb.InsertMany(ctx, db, rows[:1]) // write 1
+			require.NoError(t, err)
+			_, err = phidb.InsertMany(ctx, db, rows[1:]) // write 2: committed, then the sink fails
+			require.ErrorIs(t, err, phidb.ErrPartialAudit)
+			noLeak(t, err, sampleSecrets...)
+			got, err := phidb.Select[everything](ctx, db, "SELECT * FROM everything")
+			require.NoError(t, err)
+			require.Len(t, got, len(rows))
+			events := storedEvents(t, db)
+			require.Len(t, events, 2*len(rows), "each event once")
+			ids := map[uuid.UUID]bool{}
+			for _, e := range events {
+				require.False(t, ids[e.ID], "event %s twice", e.ID)
+				ids[e.ID] = true
+			}
+			require.True(t, auditing.Verify(events, kr.AuditMAC(), []auditing.Checkpoint{db.AuditHead()}).OK())
+		})
+	}
+
+	t.Run("stored inside a sink error", func(t *testing.T) {
+		var out syncBuffer
+		sink := &oddSink{fail: func() error { return errors.Join(errors.New("down"), auditing.Stored(errors.New("inner"))) },
+			next: auditing.NewJSONSink(&out)}
+		cs := pgtest.NewDatabase(t)
+		_ = auditedPool(t, cs, kr, phidb.Config{}, everythingDDL)
+		db, err := phidb.New(ctx, cs, phidb.Config{Keys: kr, AuditSink: sink})
+		require.NoError(t, err)
+		defer db.Close()
+		require.NoError(t, phidb.Insert(ctx, db, &rows[0]))               // write 1
+		require.ErrorContains(t, phidb.Insert(ctx, db, &rows[1]), "down") // write 2 fails: nothing kept
+		require.NoError(t, phidb.Insert(ctx, db, &rows[1]))
+		events, err := auditing.ReadJSON(strings.NewReader(out.String()))
+		require.NoError(t, err)
+		r := auditing.Verify(events, kr.AuditMAC(), []auditing.Checkpoint{db.AuditHead()})
+		require.True(t, r.OK(), r.String())
+	})
+}
+
+// A Tx whose Commit fails before anything is recorded (its context ended)
+// is rolled back: calling Commit again cannot commit it without its events.
+func TestAuditTxCommitFailsEarly(t *testing.T) {
+	kr := testKeys(t)
+	db := auditedPool(t, pgtest.NewDatabase(t), kr, phidb.Config{}, everythingDDL)
+	ctx := clinician(context.Background())
+	tx, err := db.Begin(ctx)
+	require.NoError(t, err)
+	rows := sampleRows()
+	require.NoError(t, phidb.Insert(ctx, tx, &rows[0]))
+	cctx, cancel := context.WithCancel(ctx)
+	cancel()
+	require.Error(t, tx.Commit(cctx))
+	require.Error(t, tx.Commit(ctx))
+	var n int
+	require.NoError(t, db.QueryRow(ctx, "SELECT count(*) FROM everything").Scan(&n))
+	require.Zero(t, n)
+	for _, e := range storedEvents(t, db) {
+		require.NotEqual(t, auditing.OutcomeOK, e.Outcome)
+	}
 }

@@ -41,7 +41,11 @@ type Config struct {
 	// rollback must not erase them), so such pools need MaxConns >= 2.
 	AuditPostgres bool
 	// AuditSink receives the same events (JSON lines, log/slog, fan-out,
-	// or auditing.NewAsync for opt-in asynchronous delivery).
+	// or auditing.NewAsync for opt-in asynchronous delivery). With
+	// AuditPostgres, phidb_audit is the record: the sink gets the events once
+	// the change committed with them, and if it fails then, the operation
+	// returns ErrPartialAudit (the change stays committed). Without it, the
+	// sink is the record and gets the events before the change commits.
 	AuditSink auditing.Sink
 	// AuditStream names the pool's hash-chained stream; empty means a new
 	// UUIDv7. One writer per stream: never share a name between pools.
@@ -286,7 +290,14 @@ func (t *Tx) Commit(ctx context.Context) error {
 	}
 	events := t.state.pending
 	t.state.pending = nil
-	return t.eng.audit.record(ctx, events, t.tx)
+	err := t.eng.audit.record(ctx, events, t.tx)
+	if err != nil && !errors.Is(err, ErrPartialAudit) {
+		// Rolled back (record saw to it): the writes' events may be in a
+		// sink already; the failure follows them.
+		pk, reason := failure(err)
+		t.eng.recordFailure(ctx, events[0].Action, events[0].Table, pk, auditing.OutcomeError, reason)
+	}
+	return err
 }
 
 // Rollback rolls the transaction back, with the events of its writes;
