@@ -186,7 +186,8 @@ func (c *Chain) Head() Checkpoint {
 // SetCheckpointFunc makes the chain call fn with its head after a
 // successful Append (or AppendBatch) whenever the sequence number passes a
 // multiple of every (so at most once per Append, with the head at the end
-// of that Append).
+// of that Append). A multiple passed while [Chain.ResyncPostgres] moved the
+// head is checkpointed at the next Append.
 //
 // fn is called without any of the chain's locks held, by the Append that
 // made the checkpoint, and one call at a time in increasing sequence order.
@@ -290,7 +291,9 @@ func (c *Chain) commit(ctx context.Context, write func(context.Context) error, u
 // something else failed, for example a second sink after the audit table:
 // the chain keeps the events (its head moves past them, as after a
 // success), so that the next Append does not reuse their sequence numbers,
-// and Append returns err. A nil err stays nil.
+// and Append returns err. It counts only as the write function's own
+// return value: wrapped in another error (by a sink, say), it is an
+// ordinary failure, and the events are given up. A nil err stays nil.
 func Stored(err error) error {
 	if err == nil {
 		return nil

@@ -102,23 +102,34 @@ const (
 // The connection is acquired before the chain's lock is taken: a lock holder
 // waiting for a pool connection held by a transaction that waits for the lock
 // would deadlock.
-func (a *auditor) record(ctx context.Context, events []auditing.Event, tx pgx.Tx) (err error) {
+//
+// Without tx, via is the connection to store the events through, if the
+// caller holds one (nil: one from the pool).
+func (a *auditor) record(ctx context.Context, events []auditing.Event, tx pgx.Tx, via auditing.DB) (err error) {
 	if tx != nil {
 		// Whatever fails from here on, the transaction does not commit
 		// without its events: roll it back (a no-op once committed).
 		defer func() {
 			if err != nil && !errors.Is(err, ErrPartialAudit) {
-				_ = tx.Rollback(context.WithoutCancel(ctx))
+				rctx, cancel := detached(ctx)
+				defer cancel()
+				_ = tx.Rollback(rctx)
 			}
 		}()
 		// Deferred constraints run now, outside the chain's lock: at COMMIT,
 		// under it, they could wait for a transaction that waits for the lock.
 		if _, err := tx.Exec(ctx, "SET CONSTRAINTS ALL IMMEDIATE"); err != nil {
+			var pe *pgconn.PgError
+			if errors.As(err, &pe) && pe.Code == "25P02" { // an earlier statement failed
+				return pgx.ErrTxCommitRollback
+			}
 			return err
 		}
 	}
 	var db auditing.DB = tx
-	if a.pg != nil && tx == nil {
+	if tx == nil && via != nil {
+		db = via
+	} else if a.pg != nil && tx == nil {
 		conn, err := a.pool.Acquire(ctx)
 		if err != nil {
 			return fmt.Errorf("phidb: recording audit events: %w", err)
@@ -295,12 +306,18 @@ func (e *engine) recordFailure(ctx context.Context, action auditing.Action, tabl
 	}
 	ev := auditing.NewEvents(ctx, action, table, nil, pk)
 	ev[0].Outcome, ev[0].Reason = outcome, reason
-	// Recorded even if the operation's context ended, but without waiting
-	// forever for a pool connection: inside a Tx on a pool of one
-	// connection there is none to get.
+	e.recordFailureEvent(ctx, ev[0], nil)
+}
+
+// recordFailureEvent records ev, the event of a refused or failed operation,
+// through via if the caller holds a connection that is free (nil: one from
+// the pool). It is recorded even if the operation's context ended, but
+// without waiting forever for a pool connection: inside a Tx on a pool of
+// one connection there is none to get.
+func (e *engine) recordFailureEvent(ctx context.Context, ev auditing.Event, via auditing.DB) {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), failureRecordTimeout)
 	defer cancel()
-	_ = e.audit.record(ctx, ev, nil)
+	_ = e.audit.record(ctx, []auditing.Event{ev}, nil, via)
 }
 
 // failureRecordTimeout bounds the recording of a refused or failed
@@ -334,13 +351,20 @@ func audited(ctx context.Context, q Querier, action auditing.Action, table strin
 	if e.audit == nil {
 		return do(q)
 	}
+	var via auditing.DB // a connection the caller holds, free once its transaction ended
+	if c, ok := q.(*Conn); ok {
+		via = c.conn
+	}
 	fail := func(err error) error {
 		pk, reason := failure(err)
-		e.recordFailure(ctx, action, table, pk, auditing.OutcomeError, reason)
+		ev := auditing.NewEvents(ctx, action, table, nil, pk)[0]
+		ev.Outcome, ev.Reason = auditing.OutcomeError, reason
+		e.recordFailureEvent(ctx, ev, via)
 		return err
 	}
 	if t, ok := q.(*Tx); ok {
 		if err := do(t); err != nil {
+			via = nil // the transaction goes on: not through its connection
 			return fail(err)
 		}
 		t.state.pending = append(t.state.pending, events()...)
@@ -364,7 +388,7 @@ func audited(ctx context.Context, q Querier, action auditing.Action, table strin
 		_ = tx.tx.Rollback(context.WithoutCancel(ctx)) // give its connection back before recording the failure
 		return fail(err)
 	}
-	if err := e.audit.record(ctx, events(), tx.tx); err != nil {
+	if err := e.audit.record(ctx, events(), tx.tx, nil); err != nil {
 		if errors.Is(err, ErrPartialAudit) {
 			return err // committed, and recorded in phidb_audit
 		}

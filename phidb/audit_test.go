@@ -874,3 +874,56 @@ func TestAuditTxCommitFailsEarly(t *testing.T) {
 		require.NotEqual(t, auditing.OutcomeOK, e.Outcome)
 	}
 }
+
+// A Tx whose Commit fails records the failure in the name of the actor who
+// wrote (whatever the context passed to Commit), through the connection a
+// Conn's caller holds, and an aborted transaction's Commit still matches
+// pgx.ErrTxCommitRollback.
+func TestAuditTxCommitFailure(t *testing.T) {
+	kr := testKeys(t)
+	ddl := []string{everythingDDL,
+		`CREATE FUNCTION no_bad_ward() RETURNS trigger LANGUAGE plpgsql AS $$
+			BEGIN IF NEW.ward = 'bad' THEN RAISE EXCEPTION 'bad ward'; END IF; RETURN NULL; END $$`,
+		`CREATE CONSTRAINT TRIGGER no_bad_ward AFTER INSERT ON everything DEFERRABLE INITIALLY DEFERRED
+			FOR EACH ROW EXECUTE FUNCTION no_bad_ward()`}
+	db := auditedPool(t, pgtest.NewDatabase(t)+" pool_max_conns=1", kr, phidb.Config{}, ddl...)
+	ctx := clinician(context.Background())
+	bad := sampleRows()[0]
+	bad.Ward = "bad"
+
+	tx, err := db.Begin(ctx)
+	require.NoError(t, err)
+	require.NoError(t, phidb.Insert(ctx, tx, &bad))
+	require.ErrorContains(t, tx.Commit(context.Background()), "bad ward")
+
+	c, err := db.Acquire(ctx)
+	require.NoError(t, err)
+	tx, err = c.Begin(ctx)
+	require.NoError(t, err)
+	require.NoError(t, phidb.Insert(ctx, tx, &bad))
+	start := time.Now()
+	require.ErrorContains(t, tx.Commit(ctx), "bad ward")
+	require.Less(t, time.Since(start), 3*time.Second, "recorded through the caller's connection")
+
+	tx, err = c.Begin(ctx)
+	require.NoError(t, err)
+	good := sampleRows()[1]
+	require.NoError(t, phidb.Insert(ctx, tx, &good))
+	_, err = tx.Exec(ctx, "SELECT 1/0")
+	require.Error(t, err)
+	require.ErrorIs(t, tx.Commit(ctx), pgx.ErrTxCommitRollback)
+	c.Release()
+
+	var n int
+	require.NoError(t, db.QueryRow(ctx, "SELECT count(*) FROM everything").Scan(&n))
+	require.Zero(t, n)
+	events := storedEvents(t, db)
+	require.Len(t, events, 3)
+	for _, e := range events {
+		require.Equal(t, auditing.OutcomeError, e.Outcome)
+		require.Equal(t, auditing.Actor{ID: "u-1842", Role: "clinician"}, e.Actor)
+		require.Equal(t, "treatment", e.Purpose)
+		require.Equal(t, auditing.ActionCreate, e.Action)
+	}
+	require.True(t, auditing.Verify(events, kr.AuditMAC(), []auditing.Checkpoint{db.AuditHead()}).OK())
+}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"time"
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
@@ -248,7 +249,7 @@ func (c *Conn) Begin(ctx context.Context) (*Tx, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Tx{tx: tx, eng: c.eng, state: &txState{}}, nil
+	return &Tx{tx: tx, eng: c.eng, state: &txState{}, conn: c.conn}, nil
 }
 
 // Ping checks that the server answers on this connection.
@@ -263,7 +264,8 @@ func (c *Conn) Conn() *pgx.Conn { return c.conn.Conn() }
 type Tx struct {
 	tx    pgx.Tx
 	eng   *engine
-	state *txState // shared with savepoints
+	state *txState      // shared with savepoints
+	conn  *pgxpool.Conn // the Conn it began on, which the caller holds; nil for a Pool's
 	// savepoint is true for a Tx from Tx.Begin; mark is how many events
 	// were pending when it began.
 	savepoint bool
@@ -278,24 +280,34 @@ func (t *Tx) Begin(ctx context.Context) (pgx.Tx, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Tx{tx: tx, eng: t.eng, state: t.state, savepoint: true, mark: len(t.state.pending)}, nil
+	return &Tx{tx: tx, eng: t.eng, state: t.state, conn: t.conn, savepoint: true, mark: len(t.state.pending)}, nil
 }
 
 // Commit commits the transaction. With auditing on, the events of its
-// writes are stored in it and the commit happens with them: both or
-// neither.
+// writes are recorded with the commit: with AuditPostgres, they are stored
+// in the transaction, both or neither (see Config.AuditSink for the other
+// sink). If Commit fails, the transaction is rolled back and the failure
+// recorded.
 func (t *Tx) Commit(ctx context.Context) error {
 	if t.savepoint || t.eng.audit == nil || len(t.state.pending) == 0 {
 		return t.tx.Commit(ctx)
 	}
 	events := t.state.pending
 	t.state.pending = nil
-	err := t.eng.audit.record(ctx, events, t.tx)
+	err := t.eng.audit.record(ctx, events, t.tx, nil)
 	if err != nil && !errors.Is(err, ErrPartialAudit) {
 		// Rolled back (record saw to it): the writes' events may be in a
-		// sink already; the failure follows them.
-		pk, reason := failure(err)
-		t.eng.recordFailure(ctx, events[0].Action, events[0].Table, pk, auditing.OutcomeError, reason)
+		// sink already; the failure follows them, in the name of the actor
+		// who wrote, and through the caller's connection if it holds one.
+		ev := events[0]
+		ev.ID, ev.Time, ev.Columns = uuid.Nil, time.Time{}, nil
+		ev.PK, ev.Reason = failure(err)
+		ev.Outcome = auditing.OutcomeError
+		var via auditing.DB
+		if t.conn != nil {
+			via = t.conn
+		}
+		t.eng.recordFailureEvent(ctx, ev, via)
 	}
 	return err
 }

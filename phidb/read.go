@@ -181,7 +181,7 @@ func query[T any](ctx context.Context, q Querier, limit int, sql string, args []
 			err = e.audit.recordBatch(ctx, batch)
 		} else {
 			events, done := e.audit.newEvents(ctx, action, s.Table, cols, pkStrings(s, out))
-			err = e.audit.record(ctx, events, nil)
+			err = e.audit.record(ctx, events, nil, nil)
 			done()
 		}
 		if err != nil {
