@@ -7,7 +7,9 @@ import (
 	"testing"
 
 	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/stretchr/testify/require"
+	"github.com/tink-crypto/tink-go/v2/tink"
 
 	"github.com/phidb/phidb/auditing"
 )
@@ -134,14 +136,7 @@ func benchmarkPostgresWrite(b *testing.B, n, run int) {
 // their hashes again.
 func BenchmarkReadPostgres(b *testing.B) {
 	ctx := context.Background()
-	pool := newPool(b)
-	mac := newChainMAC(b)
-	c := auditing.NewChain("bench", mac)
-	sink := auditing.NewPostgresSink(pool)
-	u := actorCtx("bench-user")
-	for range 10 {
-		require.NoError(b, c.Append(ctx, readEvents(u, "0190b1f4-7c1e-7000-8000-0000000", 10000), sink.Write))
-	}
+	pool, mac, _ := stored100k(b)
 	for b.Loop() {
 		events, err := auditing.ReadPostgres(ctx, pool, mac)
 		if err != nil || len(events) != 100000 {
@@ -189,15 +184,8 @@ func BenchmarkBatchAdd10k(b *testing.B) {
 // batch at a time, against reading them all and then verifying them.
 func BenchmarkVerifyPostgres(b *testing.B) {
 	ctx := context.Background()
-	pool := newPool(b)
-	mac := newChainMAC(b)
-	c := auditing.NewChain("bench", mac)
-	sink := auditing.NewPostgresSink(pool)
-	u := actorCtx("bench-user")
-	for range 10 {
-		require.NoError(b, c.Append(ctx, readEvents(u, "0190b1f4-7c1e-7000-8000-0000000", 10000), sink.Write))
-	}
-	cps := []auditing.Checkpoint{c.Head()}
+	pool, mac, head := stored100k(b)
+	cps := []auditing.Checkpoint{head}
 	b.Run("streaming", func(b *testing.B) {
 		b.ReportAllocs()
 		for b.Loop() {
@@ -221,4 +209,19 @@ func BenchmarkVerifyPostgres(b *testing.B) {
 		}
 		b.ReportMetric(100000*float64(b.N)/b.Elapsed().Seconds(), "events/s")
 	})
+}
+
+// stored100k stores 100,000 read events in 10 batches of one stream and
+// returns the pool, the MAC and the stream's head.
+func stored100k(b *testing.B) (*pgxpool.Pool, tink.MAC, auditing.Checkpoint) {
+	ctx := context.Background()
+	pool := newPool(b)
+	mac := newChainMAC(b)
+	c := auditing.NewChain("bench", mac)
+	sink := auditing.NewPostgresSink(pool)
+	u := actorCtx("bench-user")
+	for range 10 {
+		require.NoError(b, c.Append(ctx, readEvents(u, "0190b1f4-7c1e-7000-8000-0000000", 10000), sink.Write))
+	}
+	return pool, mac, c.Head()
 }

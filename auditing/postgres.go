@@ -932,6 +932,8 @@ func newBatchHasher(mac tink.MAC) *batchHasher {
 // (what Verify would find).
 func (h *batchHasher) rehash(batch []Event, sb *storedBatch, ok []bool) error {
 	prev := sb.prev
+	// The hashes of the batch, in one allocation (sized for the usual tag).
+	slab := make([]byte, 0, len(batch)*len(sb.last))
 	for i := range batch {
 		e := &batch[i]
 		e.PrevHash = prev
@@ -958,7 +960,9 @@ func (h *batchHasher) rehash(batch []Event, sb *storedBatch, ok []bool) error {
 				valid = h.mac.VerifyMAC(sb.last, h.buf) == nil
 			}
 		case len(h.tag) >= checkSize && bytes.Equal(h.tag[len(h.tag)-checkSize:], check):
-			e.Hash = bytes.Clone(h.tag)
+			start := len(slab)
+			slab = append(slab, h.tag...) // past the slab's size, a new array: the hashes set keep theirs
+			e.Hash = slab[start:len(slab):len(slab)]
 			valid = true
 		default:
 			e.Hash = check // the event was changed: a hash that does not verify

@@ -294,19 +294,20 @@ func (e *engine) actor(ctx context.Context, action auditing.Action, table string
 	if e.cfg.SystemActor != nil {
 		return auditing.WithActor(ctx, *e.cfg.SystemActor), nil
 	}
-	e.recordFailure(ctx, action, table, "", auditing.OutcomeDenied, "no actor")
+	e.recordFailure(ctx, action, table, "", auditing.OutcomeDenied, "no actor", nil)
 	return nil, ErrNoActor
 }
 
 // recordFailure records one event for an operation that was refused or
 // failed. It is best effort: the caller returns the operation's own error.
-func (e *engine) recordFailure(ctx context.Context, action auditing.Action, table, pk string, outcome auditing.Outcome, reason string) {
+// via is as for recordFailureEvent.
+func (e *engine) recordFailure(ctx context.Context, action auditing.Action, table, pk string, outcome auditing.Outcome, reason string, via auditing.DB) {
 	if e.audit == nil {
 		return
 	}
 	ev := auditing.NewEvents(ctx, action, table, nil, pk)
 	ev[0].Outcome, ev[0].Reason = outcome, reason
-	e.recordFailureEvent(ctx, ev[0], nil)
+	e.recordFailureEvent(ctx, ev[0], via)
 }
 
 // recordFailureEvent records ev, the event of a refused or failed operation,
@@ -357,9 +358,7 @@ func audited(ctx context.Context, q Querier, action auditing.Action, table strin
 	}
 	fail := func(err error) error {
 		pk, reason := failure(err)
-		ev := auditing.NewEvents(ctx, action, table, nil, pk)[0]
-		ev.Outcome, ev.Reason = auditing.OutcomeError, reason
-		e.recordFailureEvent(ctx, ev, via)
+		e.recordFailure(ctx, action, table, pk, auditing.OutcomeError, reason, via)
 		return err
 	}
 	if t, ok := q.(*Tx); ok {

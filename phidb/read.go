@@ -173,7 +173,7 @@ func query[T any](ctx context.Context, q Querier, limit int, sql string, args []
 	out, cols, batch, err := read[T](ctx, q, s, limit, sql, args, ra)
 	if err != nil {
 		pk, reason := failure(err)
-		e.recordFailure(ctx, action, s.Table, pk, auditing.OutcomeError, reason)
+		e.recordFailure(ctx, action, s.Table, pk, auditing.OutcomeError, reason, nil)
 		return nil, err
 	}
 	if e.audit != nil && len(out) > 0 {
